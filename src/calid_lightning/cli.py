@@ -1,0 +1,52 @@
+"""The ``calid`` command: LightningCLI subcommands plus the framework's own tools.
+
+``calid fit|validate|test|predict -c experiments/X.yaml -c data_modules/Y.yaml [--overrides]`` go to
+LightningCLI (OmegaConf interpolation on). The other subcommands are small argparse programs that live next
+to what they drive; each exposes ``main(argv) -> int``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+TOOLS: dict[str, str] = {
+    "phantom": "calid_lightning.data.phantom_cli",
+    "upsample": "calid_lightning.inference.upsample_cli",
+}
+
+
+def run_lightning_cli(args: list[str]) -> None:
+    """Run LightningCLI with the module and DataModule that the configs name by ``class_path``."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``calid <command> ...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in TOOLS:
+        module = importlib.import_module(TOOLS[args[0]])
+        return int(module.main(args[1:]) or 0)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: calid {fit,validate,test,predict," + ",".join(TOOLS) + "} ...")
+        print("  fit/validate/test/predict: LightningCLI (`calid fit --help`)")
+        for name, module in TOOLS.items():
+            print(f"  {name}: see `calid {name} --help` ({module})")
+        return 0
+    run_lightning_cli(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

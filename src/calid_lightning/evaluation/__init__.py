@@ -1,0 +1,1 @@
+"""Metrics, the results-table runner and figures."""

@@ -1,0 +1,1 @@
+"""Autoregressive volume upsampling and NIfTI input/output."""

@@ -1,0 +1,1 @@
+"""LightningModules: VAE, spatial and 2D+T interpolators, baselines, segmenter."""
