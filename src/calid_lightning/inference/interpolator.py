@@ -1,0 +1,107 @@
+"""The interface every pairwise slice-interpolation method exposes to the whole-volume upsampler.
+
+A method works in its own *representation* (identity for image-space baselines, scaled VAE latents for
+CaLID): the upsampler encodes the acquired slices once, asks for each missing slice given the two known
+slices that bracket it and its relative position ``r``, and decodes every generated slice once at the end.
+Representations keep the leading batch dimension; the trailing dimensions are the method's own, so the same
+engine drives 2D slices ``(N, 1, H, W)`` and cines ``(N, 1, T, H, W)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class SliceInterpolator(Protocol):
+    """A pairwise slice interpolator (CaLID, latent lerp/slerp, image linear/nearest)."""
+
+    size_multiple: int
+    """H and W of the images must be divisible by this (1 for image-space baselines)."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Images ``(N, 1, ..., H, W)`` in [0, 1] -> working representation."""
+        ...
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Working representation -> images ``(N, 1, ..., H, W)`` in [0, 1]."""
+        ...
+
+    def interpolate(
+        self,
+        below: Tensor,
+        above: Tensor,
+        r: Tensor,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The representation at relative position ``r`` (``(N,)``, in (0, 1)) between two known ones.
+
+        ``generator`` is a CPU generator: draw noise on the CPU, then move it to the device.
+        """
+        ...
+
+
+def expand_r(r: Tensor, like: Tensor) -> Tensor:
+    """Reshape per-item positions ``(N,)`` so they broadcast over the trailing dims of ``like``."""
+    return r.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def lerp(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
+    """Linear interpolation ``(1 - r) * below + r * above`` per item."""
+    w = expand_r(r, below)
+    return (1 - w) * below + w * above
+
+
+def slerp(below: Tensor, above: Tensor, r: Tensor, eps: float = 1e-7) -> Tensor:
+    """Spherical interpolation per item (each item flattened to one vector); lerp where they are parallel.
+
+    The norm is interpolated linearly, so two latents of different magnitude blend smoothly in both
+    direction and length (the usual slerp for diffusion latents).
+    """
+    a, b = below.flatten(1), above.flatten(1)
+    w = r.to(device=a.device, dtype=a.dtype).reshape(-1, 1)
+    na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    ua, ub = a / na.clamp_min(eps), b / nb.clamp_min(eps)
+    omega = torch.acos((ua * ub).sum(dim=1, keepdim=True).clamp(-1 + eps, 1 - eps))
+    so = torch.sin(omega)
+    direction = (torch.sin((1 - w) * omega) * ua + torch.sin(w * omega) * ub) / so
+    out = direction * ((1 - w) * na + w * nb)
+    parallel = (so.abs() < 1e-4) | (na < eps) | (nb < eps)
+    out = torch.where(parallel, (1 - w) * a + w * b, out)
+    return out.reshape(below.shape)
+
+
+class LatentBlend:
+    """Fixed (lerp / slerp) interpolation in the representation of another interpolator.
+
+    Wraps e.g. a trained CaLID model so that its VAE encodes and decodes while the missing latents are a
+    fixed blend of the neighbours: the "latent lerp / slerp" baselines of the paper, in the same latent space.
+    """
+
+    def __init__(self, base: SliceInterpolator, mode: Literal["lerp", "slerp"] = "lerp") -> None:
+        if mode not in ("lerp", "slerp"):
+            raise ValueError(f"LatentBlend mode must be 'lerp' or 'slerp', got {mode!r}")
+        self.base = base
+        self.mode = mode
+        self.size_multiple = int(getattr(base, "size_multiple", 1))
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.base.encode(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.base.decode(z)
+
+    def interpolate(
+        self,
+        below: Tensor,
+        above: Tensor,
+        r: Tensor,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Blend the neighbour representations; ``num_steps`` and ``generator`` are ignored."""
+        return (lerp if self.mode == "lerp" else slerp)(below, above, r)

@@ -1,0 +1,162 @@
+"""NIfTI in, NIfTI out: a sparse short-axis stack for the upsampler, the dense result with correct geometry.
+
+Reading reuses the readers' validation (:func:`calid_lightning.data.readers.nifti.load_image`) and the
+training intensity normalisation (subject percentiles -> [0, 1], clipped), keeping the two percentile values
+so generated slices can be mapped back to the input's intensity scale. Writing keeps orientation and origin:
+the slice (third) column of the affine is scaled by ``new_dz / dz``, so output slice 0 lies where input
+slice 0 lay and output slice ``K * j`` where input slice ``j`` lay. Voxels of acquired slices are the
+input values exactly (float32 output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import Tensor
+
+from calid_lightning.data.readers.nifti import load_image
+from calid_lightning.data.subject import DataError
+from calid_lightning.inference.upsample import split_positions
+
+PERCENTILES = (1.0, 99.5)
+"""The training normalisation (``calid_lightning.data.preprocess.normalise_intensity``)."""
+
+
+@dataclass
+class SparseStack:
+    """An acquired stack: its input voxel values, the normalised slices for the engine and its geometry.
+
+    ``values`` is float32 ``(X, Y, Z, T)`` (``T = 1`` for a 3D file); ``stack`` is ``(Z, T, 1, X, Y)`` in
+    [0, 1] (frames are independent items: 4D input is upsampled frame by frame).
+    """
+
+    path: Path
+    values: np.ndarray
+    stack: Tensor
+    low: float
+    high: float
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    is_4d: bool
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.values.shape[2])
+
+    def to_intensity(self, normalised: np.ndarray) -> np.ndarray:
+        """Invert the percentile scaling (float32)."""
+        return (self.low + normalised.astype(np.float64) * (self.high - self.low)).astype(np.float32)
+
+
+def percentile_range(values: np.ndarray, path: Path, percentiles: tuple[float, float] = PERCENTILES) -> tuple:
+    """The intensities mapped to 0 and 1; falls back to min/max when the percentiles coincide."""
+    low, high = (float(v) for v in np.percentile(values, percentiles))
+    if high <= low:
+        low, high = float(values.min()), float(values.max())
+    if high <= low:
+        raise DataError(path, f"constant intensity {low}: nothing to normalise or interpolate")
+    return low, high
+
+
+def read_sparse_stack(path: str | Path, percentiles: tuple[float, float] = PERCENTILES) -> SparseStack:
+    """Read a 3D ``(X, Y, Z)`` or 4D ``(X, Y, Z, T)`` NIfTI stack and normalise it like the training data.
+
+    Raises :class:`DataError` naming the file for non-NIfTI input, 2D/5D images, fewer than 2 slices,
+    NaN/Inf voxels, all-zero or constant volumes.
+    """
+    volume = load_image(path, ndims=(3, 4))
+    values = volume.array if volume.array.ndim == 4 else volume.array[..., None]
+    low, high = percentile_range(values, volume.path, percentiles)
+    normalised = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    stack = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 3, 0, 1)))[:, :, None]
+    header = nib.load(str(volume.path)).header.copy()
+    return SparseStack(
+        path=volume.path,
+        values=np.ascontiguousarray(values, dtype=np.float32),
+        stack=stack,
+        low=low,
+        high=high,
+        spacing=volume.spacing,
+        affine=volume.affine,
+        header=header,
+        is_4d=volume.array.ndim == 4,
+    )
+
+
+def dense_affine(affine: np.ndarray, dz: float, new_dz: float) -> np.ndarray:
+    """The input affine with its slice column scaled by ``new_dz / dz`` (same orientation and origin)."""
+    out = np.array(affine, dtype=np.float64, copy=True)
+    out[:3, 2] *= new_dz / dz
+    return out
+
+
+def _to_volume(sparse: SparseStack, dense: Tensor) -> np.ndarray:
+    """``(Znew, T, 1, X, Y)`` -> float32 ``(X, Y, Znew, T)``."""
+    array = dense.detach().to("cpu", torch.float32)[:, :, 0].numpy()
+    return np.ascontiguousarray(array.transpose(2, 3, 0, 1))
+
+
+def _save(path: str | Path, sparse: SparseStack, volume: np.ndarray, new_dz: float) -> Path:
+    """Write ``(X, Y, Znew, T)`` float32 with the dense geometry, header fields kept from the input."""
+    path = Path(path)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise DataError(path, "output must be a NIfTI file name ending in .nii or .nii.gz")
+    data = volume if sparse.is_4d else volume[..., 0]
+    affine = dense_affine(sparse.affine, sparse.spacing[2], new_dz)
+    header = sparse.header.copy()
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    image = nib.Nifti1Image(data.astype(np.float32), affine, header=header)
+    out = image.header
+    out.set_data_dtype(np.float32)
+    zooms = (*sparse.spacing[:2], float(new_dz))
+    if sparse.is_4d:
+        zooms = (*zooms, float(sparse.header.get_zooms()[3]) if len(sparse.header.get_zooms()) > 3 else 1.0)
+    out.set_zooms(zooms)
+    out.set_qform(affine, code=qcode or scode or 1)
+    out.set_sform(affine, code=scode or qcode or 1)
+    out.set_xyzt_units(*sparse.header.get_xyzt_units())
+    for field in ("slice_code", "slice_start", "slice_end", "slice_duration"):
+        out[field] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
+def write_dense_stack(
+    path: str | Path, sparse: SparseStack, dense: Tensor, positions: Sequence[float], new_dz: float
+) -> Path:
+    """Write the upsampler's ``(Znew, T, 1, X, Y)`` output (in [0, 1]) in the input's intensity scale.
+
+    Acquired positions get the input voxel values exactly; generated slices go through the inverse scaling.
+    """
+    volume = sparse.to_intensity(_to_volume(sparse, dense))
+    acquired, _ = split_positions(positions)
+    for i, j in acquired.items():
+        volume[:, :, i] = sparse.values[:, :, j]
+    return _save(path, sparse, volume, new_dz)
+
+
+def write_std_map(
+    path: str | Path, sparse: SparseStack, std: Tensor, positions: Sequence[float], new_dz: float
+) -> Path:
+    """Write the per-voxel standard deviation over samples in input intensity units (0 at acquired slices)."""
+    volume = (_to_volume(sparse, std).astype(np.float64) * (sparse.high - sparse.low)).astype(np.float32)
+    acquired, _ = split_positions(positions)
+    for i in acquired:
+        volume[:, :, i] = 0.0
+    return _save(path, sparse, volume, new_dz)
+
+
+def std_path(output: str | Path) -> Path:
+    """``DENSE.nii.gz`` -> ``DENSE_std.nii.gz`` (same folder)."""
+    output = Path(output)
+    for suffix in (".nii.gz", ".nii"):
+        if output.name.endswith(suffix):
+            return output.with_name(output.name[: -len(suffix)] + "_std" + suffix)
+    return output.with_name(output.name + "_std.nii.gz")

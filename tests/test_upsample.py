@@ -1,0 +1,206 @@
+"""The autoregressive engine: schedule, batching, conditioning, exact copies, samples, padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from calid_lightning.inference.interpolator import LatentBlend, SliceInterpolator, lerp, slerp
+from calid_lightning.inference.upsample import (
+    EngineUpsampler,
+    factor_positions,
+    plan_levels,
+    spacing_positions,
+    upsample_stack,
+)
+from calid_lightning.models.baselines import ImageLinear, linear_upsample
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+class Recorder(ImageLinear):
+    """Image-space lerp that records every interpolate call (below, above, r) and checks shapes."""
+
+    def __init__(self, size_multiple: int = 1, noise: float = 0.0) -> None:
+        self.size_multiple = size_multiple
+        self.noise = noise
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.encoded_shapes: list[tuple[int, ...]] = []
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] % self.size_multiple == 0 and x.shape[-2] % self.size_multiple == 0
+        self.encoded_shapes.append(tuple(x.shape))
+        return x
+
+    def interpolate(self, below, above, r, num_steps=None, generator=None):
+        self.calls.append((below.clone(), above.clone(), r.clone()))
+        out = lerp(below, above, r)
+        if self.noise:
+            out = out + self.noise * torch.randn(out.shape, generator=generator)
+        return out
+
+
+def position_stack(z: int, n: int = 1, h: int = 4, w: int = 5) -> torch.Tensor:
+    """Slice j is constant j, so a representation's value tells which position it stands for."""
+    return torch.arange(z, dtype=torch.float32).reshape(z, 1, 1, 1, 1).expand(z, n, 1, h, w).clone()
+
+
+def random_stack(z: int = 4, n: int = 2, h: int = 6, w: int = 7, seed: int = 0) -> torch.Tensor:
+    return torch.rand((z, n, 1, h, w), generator=torch.Generator().manual_seed(seed))
+
+
+def call_positions(call: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n: int) -> list[tuple]:
+    """(below position, above position, r) of each gap in one call (items of a gap are consecutive)."""
+    below, above, r = call
+    return [
+        (round(below[g].mean().item(), 4), round(above[g].mean().item(), 4), round(r[g].item(), 4))
+        for g in range(0, below.shape[0], n)
+    ]
+
+
+def test_positions_helpers() -> None:
+    assert factor_positions(3, 4) == [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
+    assert len(factor_positions(10, 3)) == 28
+    assert spacing_positions(3, 10.0, 4.0) == pytest.approx([0, 0.4, 0.8, 1.2, 1.6, 2.0])
+    grid = spacing_positions(4, 10.0, 2.5)
+    assert grid == factor_positions(4, 4) and all(isinstance(p, float) for p in grid)
+    with pytest.raises(ValueError, match="spacing"):
+        spacing_positions(3, 10.0, 0.0)
+
+
+def test_linear_engine_is_analytic_linear_and_copies_acquired_bit_exact() -> None:
+    stack = random_stack(z=4, n=2)
+    result = upsample_stack(stack, factor_positions(4, 4), ImageLinear())
+    assert result.dense.shape == (13, 2, 1, 6, 7) and result.std is None
+    assert torch.equal(result.dense[::4], stack)
+    expected = torch.stack(
+        [
+            (1 - (p - int(min(p, 2)))) * stack[int(min(p, 2))]
+            + (p - int(min(p, 2))) * stack[int(min(p, 2)) + 1]
+            for p in factor_positions(4, 4)
+        ]
+    )
+    torch.testing.assert_close(result.dense, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        result.dense, linear_upsample(stack, factor_positions(4, 4)), atol=1e-6, rtol=0
+    )
+
+
+def test_bisection_levels_batched_autoregressive_with_right_r() -> None:
+    fake, n = Recorder(), 3
+    result = upsample_stack(position_stack(3, n), factor_positions(3, 4), fake, order="bisection")
+    assert len(fake.calls) == 2, "one interpolate call per level"
+    assert fake.calls[0][0].shape[0] == 2 * n, "all gaps and all items of a level in one batch"
+    assert call_positions(fake.calls[0], n) == [(0, 1, 0.5), (1, 2, 0.5)]
+    assert call_positions(fake.calls[1], n) == [(0, 0.5, 0.5), (0.5, 1, 0.5), (1, 1.5, 0.5), (1.5, 2, 0.5)]
+    torch.testing.assert_close(result.dense[:, 0, 0, 0, 0], torch.tensor(factor_positions(3, 4)))
+
+
+def test_sequential_order_generates_from_the_lower_slice_up() -> None:
+    fake, n = Recorder(), 2
+    upsample_stack(position_stack(3, n), factor_positions(3, 4), fake, order="sequential")
+    got = [call_positions(c, n) for c in fake.calls]
+    assert got == [
+        [(0, 1, 0.25), (1, 2, 0.25)],
+        [(0.25, 1, 0.3333), (1.25, 2, 0.3333)],
+        [(0.5, 1, 0.5), (1.5, 2, 0.5)],
+    ]
+
+
+def test_factor_three_and_plan_shapes() -> None:
+    levels = plan_levels(3, factor_positions(3, 3), "bisection")
+    assert [[(round(s.z, 4), round(s.below, 4), round(s.above, 4)) for s in lvl] for lvl in levels] == [
+        [(0.3333, 0.0, 1.0), (1.3333, 1.0, 2.0)],
+        [(0.6667, 0.3333, 1.0), (1.6667, 1.3333, 2.0)],
+    ]
+    assert levels[1][0].r == pytest.approx(0.5)
+    assert len(plan_levels(5, factor_positions(5, 8), "bisection")) == 3
+    assert len(plan_levels(5, factor_positions(5, 8), "sequential")) == 7
+
+
+def test_non_integer_spacing_grid_uses_every_acquired_slice() -> None:
+    stack = random_stack(z=3, n=1)
+    positions = spacing_positions(3, 10.0, 4.0)
+    fake = Recorder()
+    result = upsample_stack(stack, positions, fake)
+    assert result.dense.shape[0] == 6
+    assert torch.equal(result.dense[0], stack[0]) and torch.equal(result.dense[5], stack[2])
+    torch.testing.assert_close(result.dense, linear_upsample(stack, positions), atol=1e-6, rtol=0)
+    conditioned_on_slice_1 = any(
+        torch.equal(c[0][:1], stack[1]) or torch.equal(c[1][:1], stack[1]) for c in fake.calls
+    )
+    assert conditioned_on_slice_1, (
+        "acquired slice 1 is not on the output grid but must still condition its gaps"
+    )
+
+
+def test_samples_give_std_map_zero_when_deterministic_positive_when_stochastic() -> None:
+    stack = random_stack(z=3, n=2)
+    positions = factor_positions(3, 2)
+    det = upsample_stack(stack, positions, ImageLinear(), samples=3)
+    assert det.std is not None and det.std.shape == det.dense.shape and torch.count_nonzero(det.std) == 0
+    sto = upsample_stack(stack, positions, Recorder(noise=0.1), samples=4, seed=3)
+    assert torch.all(sto.std[1::2] > 0) and torch.count_nonzero(sto.std[::2]) == 0
+    assert torch.equal(sto.dense[::2], stack)
+    again = upsample_stack(stack, positions, Recorder(noise=0.1), samples=4, seed=3)
+    other = upsample_stack(stack, positions, Recorder(noise=0.1), samples=4, seed=4)
+    assert torch.equal(sto.dense, again.dense) and not torch.equal(sto.dense, other.dense)
+
+
+def test_frames_are_independent_items() -> None:
+    stack = random_stack(z=3, n=4)
+    positions = factor_positions(3, 4)
+    together = upsample_stack(stack, positions, ImageLinear()).dense
+    for t in range(4):
+        alone = upsample_stack(stack[:, t : t + 1], positions, ImageLinear()).dense
+        torch.testing.assert_close(together[:, t : t + 1], alone, atol=0, rtol=0)
+
+
+def test_padding_to_size_multiple_and_crop_back() -> None:
+    stack = random_stack(z=3, n=2, h=10, w=13)
+    fake = Recorder(size_multiple=8)
+    result = upsample_stack(stack, factor_positions(3, 2), fake)
+    assert fake.encoded_shapes and all(s[-2:] == (16, 16) for s in fake.encoded_shapes)
+    assert result.dense.shape == (5, 2, 1, 10, 13)
+    assert torch.equal(result.dense[::2], stack)
+    torch.testing.assert_close(
+        result.dense, linear_upsample(stack, factor_positions(3, 2)), atol=1e-6, rtol=0
+    )
+
+
+def test_cine_items_with_time_axis_and_max_batch_chunking() -> None:
+    stack = torch.rand((3, 2, 1, 4, 6, 5), generator=torch.Generator().manual_seed(1))
+    fake = Recorder(size_multiple=4)
+    result = upsample_stack(stack, factor_positions(3, 2), fake, max_batch=3)
+    assert result.dense.shape == (5, 2, 1, 4, 6, 5)
+    assert [c[0].shape[0] for c in fake.calls] == [3, 1], "a 4-item level is split into chunks of max_batch"
+    torch.testing.assert_close(
+        result.dense, linear_upsample(stack, factor_positions(3, 2)), atol=1e-6, rtol=0
+    )
+
+
+def test_bad_inputs_are_rejected() -> None:
+    stack = random_stack(z=3, n=1)
+    with pytest.raises(ValueError, match="increasing"):
+        upsample_stack(stack, [0.0, 0.5, 0.5, 1.0], ImageLinear())
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        upsample_stack(stack, [0.0, 2.5], ImageLinear())
+    with pytest.raises(ValueError, match="at least 2"):
+        upsample_stack(stack[:1], [0.0], ImageLinear())
+    with pytest.raises(ValueError, match="order"):
+        upsample_stack(stack, factor_positions(3, 2), ImageLinear(), order="random")
+
+
+def test_latent_blend_adapter_and_uniform_wrapper() -> None:
+    assert isinstance(ImageLinear(), SliceInterpolator)
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    half = slerp(a, b, torch.tensor([0.5]))
+    torch.testing.assert_close(half.norm(), torch.tensor(1.5))
+    torch.testing.assert_close(half[0, 0], half[0, 1])
+    torch.testing.assert_close(slerp(a, b, torch.tensor([0.0])), a)
+    stack = random_stack(z=3, n=1)
+    blend = EngineUpsampler(LatentBlend(ImageLinear(), "lerp")).upsample(stack, 2)
+    torch.testing.assert_close(blend, linear_upsample(stack, factor_positions(3, 2)), atol=1e-6, rtol=0)
+    assert EngineUpsampler(LatentBlend(ImageLinear(), "slerp")).upsample(stack, 2).shape == (5, 1, 1, 6, 7)
