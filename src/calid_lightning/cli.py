@@ -16,12 +16,23 @@ TOOLS: dict[str, str] = {
 }
 
 
+DEFAULT_DATAMODULE = "calid_lightning.data.datamodule.CardiacDataModule"
+
+
 def run_lightning_cli(args: list[str]) -> None:
-    """Run LightningCLI with the module and DataModule that the configs name by ``class_path``."""
+    """Run LightningCLI with the module and DataModule that the configs name by ``class_path``.
+
+    The DataModule class defaults to :data:`DEFAULT_DATAMODULE`, so an experiment config may set
+    ``data.init_args`` (task, crop size) before or after the data-source config without naming the class.
+    """
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    LightningCLI(
+    class CalidCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.set_defaults({"data": {"class_path": DEFAULT_DATAMODULE}})
+
+    CalidCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
