@@ -1,0 +1,105 @@
+"""The conditional denoiser of CaLID: eps_theta plus the conditioning network (tau_theta1, tau_theta2).
+
+- The condition is the latents of the nearest known slices below and above the target plus the target's
+  relative position r in (0, 1) as one constant channel (``condition_input``).
+- The condition is concatenated to the noisy latent at the U-Net input (always).
+- tau_theta1 encodes the condition: MONAI ``ControlNet``'s conditioning embedding, kept at latent size
+  (``conditioning_embedding_num_channels=(16,)``) and added to the ControlNet's first features.
+- tau_theta2 injects it into every U-Net resolution: the ControlNet trunk (initialised from the U-Net's
+  encoder with ``copy_model_state``) whose zero-initialised 1x1 convolutions give residuals for every
+  U-Net skip connection and the middle block. At initialisation the injection is exactly zero.
+- ``injection=False`` builds no ControlNet: the "input concatenation only" ablation.
+
+Works for 2D latents (spatial model) and 3D (T, h, w) latents (``spatial_dims=3``, the 2D+T model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import ControlNet, DiffusionModelUNet
+from monai.networks.utils import copy_model_state
+from torch import Tensor, nn
+
+
+def condition_input(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
+    """Stack the neighbour latents and a constant r channel: (B, C, *S) x2 + (B,) -> (B, 2C + 1, *S)."""
+    if below.shape != above.shape:
+        raise ValueError(
+            f"below and above latents differ in shape: {tuple(below.shape)} vs {tuple(above.shape)}"
+        )
+    r = r.to(device=below.device, dtype=below.dtype).reshape(-1, *([1] * (below.ndim - 1)))
+    if r.shape[0] != below.shape[0]:
+        raise ValueError(f"r has {r.shape[0]} entries for a batch of {below.shape[0]}")
+    return torch.cat([below, above, r.expand_as(below[:, :1])], dim=1)
+
+
+class ConditionalDenoiser(nn.Module):
+    """eps_theta (a ``DiffusionModelUNet``) with tau_theta1/tau_theta2 (a ``ControlNet``) around it.
+
+    ``forward(noisy, t, below, above, r)`` returns the prediction (noise or velocity) for the noisy latent.
+    """
+
+    def __init__(
+        self,
+        latent_channels: int,
+        channels: Sequence[int] = (64, 128, 128),
+        attention_levels: Sequence[bool] = (False, False, True),
+        num_res_blocks: int | Sequence[int] = 2,
+        num_head_channels: int | Sequence[int] = 32,
+        norm_num_groups: int = 32,
+        injection: bool = True,
+        conditioning_channels: Sequence[int] = (16,),
+        spatial_dims: int = 2,
+    ) -> None:
+        super().__init__()
+        self.latent_channels = latent_channels
+        self.condition_channels = 2 * latent_channels + 1
+        in_channels = latent_channels + self.condition_channels
+        net_args = {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "channels": tuple(channels),
+            "attention_levels": tuple(attention_levels),
+            "num_res_blocks": num_res_blocks,
+            "num_head_channels": num_head_channels,
+            "norm_num_groups": norm_num_groups,
+        }
+        self.unet = DiffusionModelUNet(out_channels=latent_channels, **net_args)
+        self.controlnet: ControlNet | None = None
+        if injection:
+            self.controlnet = ControlNet(
+                conditioning_embedding_in_channels=self.condition_channels,
+                conditioning_embedding_num_channels=tuple(conditioning_channels),
+                **net_args,
+            )
+            copy_model_state(self.controlnet, self.unet)
+
+    @property
+    def injection(self) -> bool:
+        """Whether tau_theta2 (ControlNet residual injection) is built."""
+        return self.controlnet is not None
+
+    def condition_encoder(self, condition: Tensor) -> Tensor:
+        """tau_theta1: the conditioning embedding at latent size, (B, 2C + 1, *S) -> (B, channels[0], *S)."""
+        if self.controlnet is None:
+            raise RuntimeError("injection=False: there is no conditioning encoder (input concatenation only)")
+        return self.controlnet.controlnet_cond_embedding(condition)
+
+    def residuals(self, unet_input: Tensor, t: Tensor, condition: Tensor) -> tuple[list[Tensor], Tensor]:
+        """tau_theta2: the residuals for every U-Net skip connection and for the middle block."""
+        if self.controlnet is None:
+            raise RuntimeError("injection=False: there are no injection residuals (input concatenation only)")
+        return self.controlnet(x=unet_input, timesteps=t, controlnet_cond=condition)
+
+    def forward(self, noisy: Tensor, t: Tensor, below: Tensor, above: Tensor, r: Tensor) -> Tensor:
+        """Predict the diffusion target for ``noisy`` at timesteps ``t`` given the neighbours and r."""
+        condition = condition_input(below, above, r)
+        unet_input = torch.cat([noisy, condition], dim=1)
+        if self.controlnet is None:
+            return self.unet(x=unet_input, timesteps=t)
+        down, mid = self.residuals(unet_input, t, condition)
+        return self.unet(
+            x=unet_input, timesteps=t, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        )

@@ -1,0 +1,88 @@
+"""Diffusion pieces shared by the latent interpolators: schedulers, training target, DDIM sampling.
+
+MONAI's DDPM/DDIM schedulers do the maths; this module only fixes the choices that are easy to get wrong
+(``clip_sample=False`` because VAE latents are not in [-1, 1]; one place that maps the prediction type to its
+regression target) and adds a sampling loop that is deterministic for a given generator and works for any
+number of spatial dimensions (the 2D spatial model and the 3D (T, h, w) cine model share it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from torch import Tensor
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def make_schedulers(
+    num_train_timesteps: int = 1000,
+    schedule: str = "scaled_linear_beta",
+    prediction_type: str = "v_prediction",
+    beta_start: float = 0.0015,
+    beta_end: float = 0.0195,
+) -> tuple[DDPMScheduler, DDIMScheduler]:
+    """Build the DDPM scheduler used for training and the DDIM scheduler used for sampling, on one schedule.
+
+    ``beta_start``/``beta_end`` default to the MONAI latent-diffusion tutorials' values for the scaled-linear
+    schedule. Both schedulers have ``clip_sample=False`` (latents are unbounded).
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    common = {
+        "num_train_timesteps": num_train_timesteps,
+        "schedule": schedule,
+        "prediction_type": prediction_type,
+        "clip_sample": False,
+        "beta_start": beta_start,
+        "beta_end": beta_end,
+    }
+    return DDPMScheduler(**common), DDIMScheduler(**common)
+
+
+def sample_timesteps(
+    batch_size: int, num_train_timesteps: int, device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
+    """Uniform timesteps in [0, num_train_timesteps), drawn on the CPU so a seeded draw is device-free."""
+    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator).to(device)
+
+
+def randn_like_from(reference: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise shaped like ``reference``, drawn on the CPU from ``generator`` then moved.
+
+    Drawing on the CPU makes a seeded result identical on CPU and GPU.
+    """
+    noise = torch.randn(reference.shape, generator=generator, dtype=torch.float32)
+    return noise.to(device=reference.device, dtype=reference.dtype)
+
+
+def training_target(scheduler: DDPMScheduler, clean: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    """What the denoiser regresses: the noise, the velocity or the clean sample, by the scheduler's type."""
+    if scheduler.prediction_type == "epsilon":
+        return noise
+    if scheduler.prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    return clean
+
+
+@torch.no_grad()
+def ddim_sample(
+    model_fn: Callable[[Tensor, Tensor], Tensor],
+    scheduler: DDIMScheduler,
+    noise: Tensor,
+    num_steps: int,
+) -> Tensor:
+    """Run a deterministic DDIM chain (eta = 0) from ``noise``; returns the final clean sample.
+
+    ``model_fn(x_t, t)`` gets the current sample and a (B,) long tensor of timesteps and returns the model
+    prediction of the scheduler's ``prediction_type``. The scheduler's timesteps are set here.
+    """
+    scheduler.set_timesteps(num_steps, device=noise.device)
+    sample = noise
+    batch = noise.shape[0]
+    for t in scheduler.timesteps:
+        timesteps = torch.full((batch,), int(t), device=noise.device, dtype=torch.long)
+        sample, _ = scheduler.step(model_fn(sample, timesteps), int(t), sample)
+    return sample
