@@ -1,0 +1,258 @@
+"""VAE stage: shapes, training, adversarial path, the latent scale factor and its checkpoint round trip."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from calid_lightning.models.vae import VAEModule
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"channels": (8, 16, 16), "latent_channels": 3, "norm_num_groups": 8, "num_res_blocks": 1}
+
+
+def blobs(n: int = 16, size: int = 32, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Bright ellipses on a dark background with a soft edge: a tiny, fixed stand-in for SAX slices."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    items = []
+    for _ in range(n):
+        cy, cx = (torch.rand(2, generator=g) - 0.5).tolist()
+        ry, rx = (0.25 + 0.35 * torch.rand(2, generator=g)).tolist()
+        r = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+        image = 0.1 + 0.8 * torch.sigmoid((1 - r) * 8)
+        items.append({"image": image[None].float()})
+    return items
+
+
+def loader(batch_size: int = 4, **kwargs) -> DataLoader:
+    return DataLoader(blobs(**kwargs), batch_size=batch_size, shuffle=False)
+
+
+def trainer(max_steps: int, **kwargs) -> Trainer:
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": max_steps,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "limit_val_batches": 0,
+    }
+    return Trainer(**{**defaults, **kwargs})
+
+
+class RecordLosses(Callback):
+    def __init__(self, key: str) -> None:
+        self.key, self.values = key, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.values.append(float(trainer.callback_metrics[self.key]))
+
+
+def test_shapes_and_size_check() -> None:
+    model = VAEModule(**TINY).eval()
+    assert model.downsample_factor == 4 and model.latent_channels == 3
+    x = torch.rand(2, 1, 32, 16)
+    with torch.no_grad():
+        z = model.encode(x)
+        assert z.shape == (2, 3, 8, 4)
+        assert model.decode(z).shape == x.shape
+        assert model(x).shape == x.shape
+    with pytest.raises(ValueError, match="not divisible by the VAE downsampling factor 4"):
+        model.encode(torch.rand(1, 1, 30, 32))
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        model.encode(torch.rand(1, 2, 32, 32))
+
+
+def test_training_loss_falls_and_validation_logs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = VAEModule(**TINY, lr=3e-3, log_images=2)
+    images: list[dict] = []
+
+    class ImageLogger(CSVLogger):
+        def log_image(self, **kwargs) -> None:
+            images.append(kwargs)
+
+    record = RecordLosses("train/l1")
+    fit = trainer(
+        40, callbacks=[record], logger=ImageLogger(tmp_path), limit_val_batches=1, check_val_every_n_epoch=5
+    )
+    fit.fit(model, loader(), loader())
+    first, last = sum(record.values[:5]) / 5, sum(record.values[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    assert {"val/l1", "val/psnr", "val/loss"} <= set(fit.callback_metrics)
+    assert float(fit.callback_metrics["val/psnr"]) > 10.0
+    grid = images[-1]["images"][0]
+    assert grid.shape == (2 * 32, 2 * 32)  # two rows of input | reconstruction
+
+
+def test_adversarial_path_steps_both_optimizers() -> None:
+    torch.manual_seed(0)
+    model = VAEModule(
+        **TINY, adv_weight=0.1, adv_warmup_steps=2, disc_channels=8, disc_layers=2, grad_clip_norm=1.0
+    )
+    assert not model.automatic_optimization
+    disc_before = [p.detach().clone() for p in model.discriminator.parameters()]
+    record = RecordLosses("train/loss")
+    fit = trainer(8, callbacks=[record])
+    fit.fit(model, loader())
+    # 2 warm-up batches (autoencoder only, one global step each), then 3 batches with both optimizers.
+    assert fit.global_step == 8 and len(record.values) == 5
+    opt_g, opt_d = (opt.optimizer for opt in model.optimizers())
+    steps = [int(next(iter(opt.state.values()))["step"]) for opt in (opt_g, opt_d)]
+    assert steps == [5, 3]
+    assert any(
+        not torch.equal(a, b) for a, b in zip(disc_before, model.discriminator.parameters(), strict=True)
+    )
+    assert {"train/adv_d", "train/adv_g"} <= set(fit.callback_metrics)
+    assert torch.isfinite(fit.callback_metrics["train/adv_d"])
+
+
+def latent_std(model: VAEModule, data: list[dict]) -> float:
+    with torch.no_grad():
+        x = torch.cat([item["image"][None] for item in data])
+        return float(model.autoencoder.encode(x)[0].double().std())
+
+
+def test_scale_factor_after_fit_is_in_last_checkpoint_and_load_frozen(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = VAEModule(**TINY, lr=1e-3)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1, save_top_k=-1)
+    fit = trainer(6, callbacks=[checkpoints], enable_checkpointing=True, limit_val_batches=1)
+    fit.fit(model, loader(), loader())
+
+    assert bool(model.scale_factor_computed)
+    expected = 1.0 / latent_std(model.eval(), blobs())  # 16 images = 4 batches < scale_factor_batches
+    assert float(model.scale_factor) == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(1.0, rel=1e-2)
+
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    assert bool(state["scale_factor_computed"])
+    assert float(state["scale_factor"]) == pytest.approx(expected, rel=1e-5)
+    final_step = torch.load(next(tmp_path.glob("*step=6.ckpt")), weights_only=False)["state_dict"]
+    assert bool(final_step["scale_factor_computed"])
+
+    vae = VAEModule.load_frozen(tmp_path / "last.ckpt")
+    assert not vae.training and not any(p.requires_grad for p in vae.parameters())
+    assert float(vae.scale_factor) == pytest.approx(expected, rel=1e-5)
+    x = torch.cat([item["image"][None] for item in blobs(4, seed=1)])
+    with torch.no_grad():
+        mu = vae.autoencoder.encode(x)[0]
+        z = vae.encode(x)
+        torch.testing.assert_close(z, mu * expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(vae.decode(z), vae.autoencoder.decode(mu), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(vae.decode(z), vae.autoencoder.reconstruct(x), rtol=1e-4, atol=1e-5)
+        assert float(z.std()) == pytest.approx(1.0, abs=0.3)
+
+    intermediate = next(tmp_path.glob("*step=1.ckpt"))
+    with pytest.raises(ValueError, match="scale_factor was never computed"):
+        VAEModule.load_frozen(intermediate)
+
+
+def test_scale_factor_when_training_stops_early(tmp_path: Path) -> None:
+    class StopAfterTwo(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step >= 2:
+                trainer.should_stop = True
+
+    model = VAEModule(**TINY)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    fit = trainer(50, callbacks=[StopAfterTwo(), checkpoints], enable_checkpointing=True)
+    fit.fit(model, loader())
+    assert fit.global_step == 2
+    vae = VAEModule.load_frozen(tmp_path / "last.ckpt")
+    assert float(vae.scale_factor) == pytest.approx(1.0 / latent_std(vae, blobs()), rel=1e-5)
+
+
+def test_scale_factor_uses_at_most_scale_factor_batches() -> None:
+    model = VAEModule(**TINY, scale_factor_batches=1).eval()
+    data = blobs(8)
+    model.compute_scale_factor(DataLoader(data, batch_size=4))
+    assert float(model.scale_factor) == pytest.approx(1.0 / latent_std(model, data[:4]), rel=1e-5)
+
+
+def test_perceptual_weights_missing_file_raises(tmp_path: Path) -> None:
+    missing = tmp_path / "resnet50.pth"
+    with pytest.raises(FileNotFoundError, match=r"resnet50\.pth.*ResNet-50.*perceptual_weights: null"):
+        VAEModule(**TINY, perceptual_weights=str(missing))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed")
+def test_perceptual_weights_without_torchvision_raises(tmp_path: Path) -> None:
+    weights = tmp_path / "resnet50.pth"
+    torch.save({}, weights)
+    with pytest.raises(ImportError, match="needs torchvision"):
+        VAEModule(**TINY, perceptual_weights=str(weights))
+
+
+def test_adversarial_bf16_mixed_with_clipping_runs() -> None:
+    """The paper profile's combination: manual optimization, bf16 autocast, gradient clipping by hand."""
+    model = VAEModule(
+        **TINY, adv_weight=0.1, adv_warmup_steps=1, disc_channels=8, disc_layers=2, grad_clip_norm=0.5
+    )
+    fit = trainer(5, precision="bf16-mixed")
+    fit.fit(model, loader())
+    assert fit.global_step == 5
+    assert all(torch.isfinite(fit.callback_metrics[k]) for k in ("train/loss", "train/adv_d", "train/adv_g"))
+    assert bool(model.scale_factor_computed) and model.scale_factor.dtype == torch.float32
+
+
+def test_experiment_configs_build_the_model() -> None:
+    quick = yaml.safe_load((REPO / "experiments/vae.yaml").read_text())
+    paper = yaml.safe_load((REPO / "experiments/profiles/paper/vae.yaml").read_text())
+    assert quick["model"]["class_path"] == "calid_lightning.models.vae.VAEModule"
+    model = VAEModule(**quick["model"]["init_args"])
+    assert model.downsample_factor == 4 and model.discriminator is None
+    paper_model = VAEModule(**{**quick["model"]["init_args"], **paper["model"]["init_args"]})
+    assert paper_model.downsample_factor == 4 and paper_model.discriminator is not None
+    assert paper["trainer"]["precision"] == "bf16-mixed"
+
+
+DDP_SCRIPT = """
+import sys
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+from calid_lightning.models.vae import VAEModule
+
+out = sys.argv[1]
+torch.manual_seed(0)
+data = torch.load(out + "/data.pt")
+model = VAEModule(channels=(8, 16, 16), latent_channels=3, norm_num_groups=8)
+trainer = Trainer(
+    accelerator="cpu", devices=2, strategy="ddp", max_steps=2, logger=False, enable_progress_bar=False,
+    enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=out, save_last=True)],
+)
+trainer.fit(model, DataLoader(data, batch_size=2, shuffle=False))
+torch.save(float(model.scale_factor), f"{out}/factor_rank{trainer.global_rank}.pt")
+"""
+
+
+@pytest.mark.ddp
+def test_scale_factor_is_reduced_over_ddp_ranks(tmp_path: Path) -> None:
+    """Two CPU ranks see disjoint halves of the data; both must end with 1 / std over all of it."""
+    import subprocess
+    import sys
+
+    data = blobs(8)
+    torch.save(data, tmp_path / "data.pt")
+    script = tmp_path / "ddp_vae.py"
+    script.write_text(DDP_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=300, cwd=tmp_path)
+    factors = [torch.load(tmp_path / f"factor_rank{rank}.pt") for rank in (0, 1)]
+    vae = VAEModule.load_frozen(tmp_path / "last.ckpt")
+    expected = 1.0 / latent_std(vae, data)
+    assert factors[0] == pytest.approx(expected, rel=1e-5) and factors[1] == pytest.approx(expected, rel=1e-5)
+    per_rank = [1.0 / latent_std(vae, data[rank::2]) for rank in (0, 1)]
+    assert all(f != pytest.approx(expected, rel=1e-3) for f in per_rank)  # the test can tell the difference
