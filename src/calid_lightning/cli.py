@@ -13,14 +13,17 @@ import sys
 TOOLS: dict[str, str] = {
     "phantom": "calid_lightning.data.phantom_cli",
     "upsample": "calid_lightning.inference.upsample_cli",
+    "evaluate": "calid_lightning.evaluation.evaluate_cli",
 }
 
 
 DEFAULT_DATAMODULE = "calid_lightning.data.datamodule.CardiacDataModule"
 
 
-def run_lightning_cli(args: list[str]) -> None:
+def run_lightning_cli(args: list[str] | None) -> None:
     """Run LightningCLI with the module and DataModule that the configs name by ``class_path``.
+
+    ``args=None`` lets LightningCLI read ``sys.argv`` itself (the console script); a list runs in-process.
 
     The DataModule class defaults to :data:`DEFAULT_DATAMODULE`, so an experiment config may set
     ``data.init_args`` (task, crop size) before or after the data-source config without naming the class.
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, module in TOOLS.items():
             print(f"  {name}: see `calid {name} --help` ({module})")
         return 0
-    run_lightning_cli(args)
+    run_lightning_cli(None if argv is None else args)
     return 0
 
 

@@ -1,0 +1,252 @@
+"""``calid evaluate``: every method on the same held-out slices of the same subjects; CSVs and a summary.
+
+    calid evaluate --data data_modules/phantom.yaml --checkpoint CKPT --methods calid,lerp,slerp,linear \\
+        --factor 4 --split test --frames ed_es --steps 50 --out results/eval/spatial_x4.csv
+
+Writes the per-slice CSV (``--out``), the per-subject means (``<out stem>_subjects.csv``) and prints a
+Markdown table: mean +- std over subjects of each metric and the median seconds per volume (one frame's
+3D stack; a subject's frames are generated as one batch, so this is the batch time divided by its frames).
+Each method first runs once, untimed, on one frame of the first subject (warm-up). Methods that need a
+CaLID checkpoint are skipped, with a message, when ``--checkpoint`` is not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from calid_lightning.data.datamodule import CardiacDataModule
+from calid_lightning.data.preprocess import PreparedSubject
+from calid_lightning.data.subject import DataError
+from calid_lightning.evaluation.heldout import (
+    CHECKPOINT_METHODS,
+    METHODS,
+    RECORD_FIELDS,
+    Upsampler,
+    build_method,
+    evaluate_method,
+)
+from calid_lightning.evaluation.metrics import METRICS
+
+SUBJECT_FIELDS = ("subject", "method", "factor", "slices", *METRICS, "seconds_per_volume")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="calid evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", required=True, help="data config YAML (data.init_args of CardiacDataModule)"
+    )
+    parser.add_argument(
+        "--data-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a data.init_args key, dotted for nested keys (e.g. phantom.subjects=3); repeatable",
+    )
+    parser.add_argument(
+        "--checkpoint", help="CaLIDSpatial checkpoint for calid, calid_sequential, lerp, slerp"
+    )
+    parser.add_argument("--methods", default="calid,lerp,slerp,linear,cubic,nearest", help="comma-separated")
+    parser.add_argument("--factor", type=int, default=4, help="gap factor: keep every k-th slice")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="test")
+    parser.add_argument("--frames", default="ed_es", help="ed_es, all, or comma-separated frame indices")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument("--max-batch", type=int, default=64, help="slices per interpolator call")
+    parser.add_argument("--out", default="results/eval/spatial_x4.csv", help="per-slice CSV to write")
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="skip the untimed warm-up run of each method (first subject, first frame)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def data_init_args(path: str, overrides: Sequence[str], factor: int) -> tuple[str, dict[str, Any]]:
+    """``(class_path, init_args)`` of the data YAML's ``data`` section with overrides and ``gap_factor``.
+
+    Raises ``DataError`` naming the file when it has no ``data.init_args`` mapping, ``ValueError`` for an
+    override that is not ``key=value``.
+    """
+    if not Path(path).is_file():
+        raise DataError(path, "data config not found")
+    config = OmegaConf.load(path)
+    data = config.get("data") if OmegaConf.is_dict(config) else None
+    if data is None or not OmegaConf.is_dict(data.get("init_args")):
+        raise DataError(path, "expected a `data:` section with `init_args:` (see data_modules/phantom.yaml)")
+    init = data.init_args
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--data-override {item!r}: expected KEY=VALUE, e.g. crop_size=64")
+        prefixed = item.removeprefix("data.init_args.")
+        init = OmegaConf.merge(init, OmegaConf.from_dotlist([prefixed]))
+    init = OmegaConf.to_container(init, resolve=True)
+    init["gap_factor"] = factor
+    return str(data.get("class_path", f"{CardiacDataModule.__module__}.CardiacDataModule")), init
+
+
+def build_datamodule(class_path: str, init_args: dict[str, Any]) -> CardiacDataModule:
+    """Instantiate the DataModule class named by ``class_path``, generate data if asked, and set it up."""
+    module_name, _, class_name = class_path.rpartition(".")
+    datamodule = getattr(importlib.import_module(module_name), class_name)(**init_args)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+def select_frames(prepared: PreparedSubject, frames: str) -> list[int]:
+    """Frame indices of ``--frames``: ``ed_es``, ``all`` or explicit indices (checked against the cine)."""
+    if frames == "all":
+        return list(range(prepared.num_frames))
+    if frames == "ed_es":
+        return sorted({prepared.ed_frame, prepared.es_frame})
+    try:
+        chosen = sorted({int(f) for f in frames.split(",")})
+    except ValueError:
+        raise ValueError(f"--frames {frames!r}: expected ed_es, all or comma-separated integers") from None
+    bad = [f for f in chosen if not 0 <= f < prepared.num_frames]
+    if bad:
+        raise ValueError(
+            f"--frames {bad}: subject {prepared.subject_id} has frames 0..{prepared.num_frames - 1}"
+        )
+    return chosen
+
+
+def warm_up(
+    datamodule: CardiacDataModule,
+    subject_id: str,
+    upsamplers: dict[str, Upsampler],
+    frames: str,
+    steps: int | None,
+    seed: int,
+) -> None:
+    """Run each method once, untimed, on one frame of a subject: lazy initialisation stays out of timings."""
+    prepared = datamodule.prepared_subject(subject_id)
+    kept, heldout = datamodule.heldout(subject_id)
+    first = select_frames(prepared, frames)[:1]
+    for method, upsampler in upsamplers.items():
+        evaluate_method(method, upsampler, prepared, kept, heldout, first, steps, seed)
+
+
+def subject_rows(records: list[dict[str, Any]], seconds: float, frames: int) -> dict[str, Any]:
+    """One subject's per-slice records reduced to means (NaN-aware for the heart metrics)."""
+    row = {k: records[0][k] for k in ("subject", "method", "factor")} | {"slices": len(records)}
+    for metric in METRICS:
+        values = np.array([r[metric] for r in records], dtype=np.float64)
+        row[metric] = float("nan") if np.isnan(values).all() else float(np.nanmean(values))
+    return row | {"seconds_per_volume": seconds / frames}
+
+
+def summary_table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
+    """Markdown table: per method, mean +- std over subjects of each metric and median seconds per volume."""
+    lines = [
+        "| method | subjects | " + " | ".join(METRICS) + " | s/volume (median) |",
+        "|---" * (len(METRICS) + 3) + "|",
+    ]
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        cells = []
+        for metric in METRICS:
+            values = np.array([r[metric] for r in mine], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            if values.size == 0:
+                cells.append("n/a")
+                continue
+            std = values.std(ddof=1) if values.size > 1 else 0.0
+            digits = 3 if metric.startswith("ssim") else 2
+            cells.append(f"{values.mean():.{digits}f} +- {std:.{digits}f}")
+        seconds = statistics.median(r["seconds_per_volume"] for r in mine)
+        lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + f" | {seconds:.3g} |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def subjects_path(out: Path) -> Path:
+    """``results/x.csv`` -> ``results/x_subjects.csv``."""
+    return out.with_name(f"{out.stem}_subjects{out.suffix or '.csv'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``calid evaluate``; returns the exit status (2 for bad arguments, 1 for bad data)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods {args.methods!r}: unknown {unknown}; choose from {', '.join(METHODS)}")
+    if args.factor < 2:
+        parser.error(f"--factor must be >= 2 (one held-out slice per gap), got {args.factor}")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: file not found")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but no CUDA device is available")
+    if not args.checkpoint:
+        skipped = [m for m in methods if m in CHECKPOINT_METHODS]
+        if skipped:
+            print(
+                f"calid evaluate: skipping {', '.join(skipped)}: they need --checkpoint CKPT", file=sys.stderr
+            )
+        methods = [m for m in methods if m not in CHECKPOINT_METHODS]
+        if not methods:
+            parser.error(
+                "no method left to evaluate: pass --checkpoint or an image method (linear,cubic,nearest)"
+            )
+    try:
+        class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
+        datamodule = build_datamodule(class_path, init_args)
+        subjects = datamodule.subjects(args.split)
+        upsamplers = {m: build_method(m, args.checkpoint, args.device, args.max_batch) for m in methods}
+        records: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+        if args.warmup and subjects:
+            warm_up(datamodule, subjects[0], upsamplers, args.frames, args.steps, args.seed)
+        bar = tqdm(total=len(subjects) * len(methods), disable=args.quiet, desc="evaluate", unit="run")
+        for subject_id in subjects:
+            prepared = datamodule.prepared_subject(subject_id)
+            kept, heldout = datamodule.heldout(subject_id)
+            frames = select_frames(prepared, args.frames)
+            for method in methods:
+                bar.set_postfix_str(f"{subject_id} {method}")
+                found, seconds = evaluate_method(
+                    method, upsamplers[method], prepared, kept, heldout, frames, args.steps, args.seed
+                )
+                records += found
+                rows.append(subject_rows(found, seconds, len(frames)))
+                bar.update()
+        bar.close()
+    except (DataError, ValueError) as exc:
+        print(f"calid evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    write_csv(out, RECORD_FIELDS, records)
+    write_csv(subjects_path(out), SUBJECT_FIELDS, rows)
+    print(f"wrote {out} ({len(records)} slices) and {subjects_path(out)} ({len(rows)} subject runs)")
+    print(f"\nHeld-out slices, gap factor {args.factor}, split {args.split}, frames {args.frames}:\n")
+    print(summary_table(rows, methods))
+    return 0

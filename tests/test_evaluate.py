@@ -1,0 +1,195 @@
+"""Held-out evaluation: only kept slices go in, only held-out slices are scored; ``calid evaluate``."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning
+import numpy as np
+import pytest
+import torch
+
+from calid_lightning.cli import main as calid_main
+from calid_lightning.data.datamodule import CardiacDataModule
+from calid_lightning.data.preprocess import PreparedSubject
+from calid_lightning.data.sampling import heldout_plan
+from calid_lightning.data.subject import LV_CAVITY
+from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS, subjects_path
+from calid_lightning.evaluation.heldout import (
+    RECORD_FIELDS,
+    build_method,
+    evaluate_method,
+    heldout_positions,
+)
+from calid_lightning.models.baselines import IMAGE_BASELINES, linear_upsample
+
+PHANTOM = {"subjects": 3, "seed": 0, "size": [48, 48], "frames": 6}
+
+
+def linear_subject(z: int = 13, t: int = 3, size: int = 24) -> PreparedSubject:
+    """Slices that vary linearly in z (a blend of two textures), with a heart label in the centre."""
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.1, 0.9, (2, t, size, size))
+    s = np.linspace(0, 1, z).reshape(z, 1, 1, 1)
+    labels = np.zeros((z, t, size, size), dtype=np.uint8)
+    labels[:, :, 8:16, 8:16] = LV_CAVITY
+    image = ((1 - s) * a + s * b).astype(np.float32)
+    return PreparedSubject("lin", image, (1.0, 1.0, 2.5), (0, 0), 0, 1, True, labels, (0, 1))
+
+
+class Recording:
+    """Linear interpolation that keeps every stack and position list it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[torch.Tensor, list[float]]] = []
+
+    def at(self, stack: torch.Tensor, positions: Sequence[float]) -> torch.Tensor:
+        self.calls.append((stack.clone(), list(positions)))
+        return linear_upsample(stack, positions)
+
+
+def test_linear_is_near_perfect_on_linear_slices_and_nearest_is_worse() -> None:
+    prepared = linear_subject()
+    kept, heldout = heldout_plan(prepared.num_slices, 4, 0, "lin")
+    linear, seconds = evaluate_method("linear", IMAGE_BASELINES["linear"], prepared, kept, heldout, [0, 2])
+    nearest, _ = evaluate_method("nearest", IMAGE_BASELINES["nearest"], prepared, kept, heldout, [0, 2])
+    assert len(linear) == len(heldout) * 2 and seconds >= 0
+    assert all(tuple(r) == RECORD_FIELDS for r in linear)
+    assert {(r["z"], r["frame"]) for r in linear} == {(int(z), f) for z in heldout for f in (0, 2)}
+    assert {r["factor"] for r in linear} == {4} and {r["method"] for r in nearest} == {"nearest"}
+    assert min(r["psnr"] for r in linear) >= 40 and min(r["psnr_heart"] for r in linear) >= 40
+    assert min(r["ssim"] for r in linear) > 0.999
+    assert max(r["psnr"] for r in nearest) < 40
+    assert np.mean([r["ssim_heart"] for r in nearest]) < np.mean([r["ssim_heart"] for r in linear])
+
+
+def test_only_kept_slices_enter_the_input() -> None:
+    prepared = linear_subject(z=12)
+    kept, heldout = np.array([1, 4, 7, 10]), np.array([2, 3, 5, 6, 8, 9])
+    fake = Recording()
+    records, _ = evaluate_method("fake", fake, prepared, kept, heldout, [1])
+    ((stack, positions),) = fake.calls
+    assert torch.equal(stack, torch.from_numpy(prepared.image[kept][:, [1]]).unsqueeze(2))
+    assert positions == pytest.approx([1 / 3, 2 / 3, 4 / 3, 5 / 3, 7 / 3, 8 / 3])
+    assert [r["z"] for r in records] == heldout.tolist()
+
+
+def test_inconsistent_plans_are_rejected() -> None:
+    prepared = linear_subject()
+    with pytest.raises(ValueError, match="also kept"):
+        evaluate_method("x", Recording(), prepared, [0, 4, 8], [3, 4], [0])
+    with pytest.raises(ValueError, match="strictly inside"):
+        heldout_positions([2, 6], [1])
+    with pytest.raises(ValueError, match="evenly spaced"):
+        heldout_positions([0, 4, 6], [1])
+
+
+def test_build_method_names() -> None:
+    assert build_method("cubic") is IMAGE_BASELINES["cubic"]
+    with pytest.raises(ValueError, match="needs a CaLIDSpatial checkpoint"):
+        build_method("slerp")
+    with pytest.raises(ValueError, match="unknown method 'bicubic'"):
+        build_method("bicubic")
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("phantom") / "data"
+
+
+def evaluate(root: Path, out: Path, *args: str) -> int:
+    """``calid evaluate`` on phantom.yaml with the tiny phantom of :data:`PHANTOM` (dotted overrides)."""
+    overrides = [f"root={root}", "crop_size=32", "cache_dir=null"]
+    overrides += [f"phantom.{k}={v}".replace(" ", "") for k, v in PHANTOM.items()]
+    argv = [
+        "evaluate",
+        "--data",
+        "data_modules/phantom.yaml",
+        "--out",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
+    for item in overrides:
+        argv += ["--data-override", item]
+    return calid_main([*argv, *args])
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_cli_image_methods_end_to_end(phantom_root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "eval" / "x4.csv"
+    assert evaluate(phantom_root, out, "--methods", "linear,nearest,cubic,lerp", "--frames", "ed_es") == 0
+    captured = capsys.readouterr()
+    assert "skipping lerp" in captured.err and "--checkpoint" in captured.err
+    fields, rows = read_csv(out)
+    assert fields == list(RECORD_FIELDS)
+    datamodule = CardiacDataModule(root=str(phantom_root), crop_size=32, phantom=PHANTOM, gap_factor=4)
+    (subject,) = datamodule.subjects("test")
+    prepared = datamodule.prepared_subject(subject)
+    _, heldout = datamodule.heldout(subject)
+    frames = sorted({prepared.ed_frame, prepared.es_frame})
+    expected = {(m, str(z), str(f)) for m in ("linear", "nearest", "cubic") for z in heldout for f in frames}
+    assert len(rows) == len(expected) and {(r["method"], r["z"], r["frame"]) for r in rows} == expected
+    assert all(10 < float(r["psnr"]) < 60 and 0 < float(r["ssim"]) <= 1 for r in rows)
+    sub_fields, subject_rows = read_csv(subjects_path(out))
+    assert sub_fields == list(SUBJECT_FIELDS) and [r["method"] for r in subject_rows] == [
+        "linear",
+        "nearest",
+        "cubic",
+    ]
+    assert all(int(r["slices"]) == len(heldout) * len(frames) for r in subject_rows)
+    means = {r["method"]: float(r["psnr"]) for r in subject_rows}
+    assert means["linear"] > means["nearest"], "the phantom's sanity order"
+    assert "| linear | 1 |" in captured.out and "s/volume" in captured.out
+
+
+def test_cli_rejects_a_bad_data_config(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: {}\n")
+    code = calid_main(
+        ["evaluate", "--data", str(config), "--methods", "linear", "--out", str(tmp_path / "x.csv")]
+    )
+    assert code == 1 and f"{config}: expected a `data:` section" in capsys.readouterr().err
+
+
+@pytest.fixture
+def calid_checkpoint(tmp_path: Path) -> Path:
+    """An untrained tiny CaLIDSpatial (VAE factor 4, U-Net (16, 32): size multiple 8) as a checkpoint."""
+    from calid_lightning.models.calid_spatial import CaLIDSpatial
+    from calid_lightning.models.vae import VAEModule
+
+    torch.manual_seed(0)
+    vae = VAEModule(channels=(8, 8, 8), latent_channels=4, norm_num_groups=4)
+    vae.compute_scale_factor([torch.rand(4, 1, 32, 32)])
+    vae_path = tmp_path / "vae.ckpt"
+    version = {"pytorch-lightning_version": lightning.__version__}
+    torch.save({"state_dict": vae.state_dict(), "hyper_parameters": dict(vae.hparams), **version}, vae_path)
+    unet = {"channels": (16, 32), "attention_levels": (False, True), "num_res_blocks": 1}
+    model = CaLIDSpatial(vae_checkpoint=str(vae_path), norm_num_groups=8, num_head_channels=8, **unet)
+    path = tmp_path / "calid.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), **version}, path)
+    return path
+
+
+def test_cli_calid_and_latent_blends(phantom_root: Path, tmp_path: Path, calid_checkpoint: Path) -> None:
+    out = tmp_path / "calid.csv"
+    args = ["--methods", "calid,lerp,slerp", "--checkpoint", str(calid_checkpoint), "--steps", "2"]
+    assert evaluate(phantom_root, out, *args, "--frames", "0", "--no-warmup") == 0
+    _, rows = read_csv(out)
+    by_method = {m: [r for r in rows if r["method"] == m] for m in ("calid", "lerp", "slerp")}
+    assert len({len(v) for v in by_method.values()}) == 1 and by_method["calid"]
+    assert {r["frame"] for r in rows} == {"0"}
+    assert [r["psnr"] for r in by_method["calid"]] != [r["psnr"] for r in by_method["lerp"]]
+    for method_rows in by_method.values():
+        assert all(np.isfinite(float(r["psnr"])) and -1 <= float(r["ssim"]) <= 1 for r in method_rows)
+    _, subject_rows = read_csv(subjects_path(out))
+    assert [r["method"] for r in subject_rows] == ["calid", "lerp", "slerp"]
+    assert all(float(r["seconds_per_volume"]) > 0 for r in subject_rows)

@@ -1,0 +1,86 @@
+"""Per-slice PSNR / SSIM against scikit-image, and the heart box."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
+from calid_lightning.evaluation.metrics import heart_box, slice_heart_boxes, slice_metrics
+
+SKIMAGE_SSIM = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False, "data_range": 1.0}
+
+
+def image_pair(seed: int, size: tuple[int, int] = (40, 36)) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth structured image and a noisy, shifted, contrast-changed version of it, both in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    true = 0.5 + 0.4 * np.sin(xx / 4.0 + seed) * np.cos(yy / 6.0)
+    pred = 0.9 * np.roll(true, 1, axis=1) + 0.05 + rng.normal(0, 0.05, size)
+    return np.clip(pred, 0, 1), np.clip(true, 0, 1)
+
+
+def as_batch(*images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)[:, None])
+
+
+def test_psnr_and_ssim_match_skimage_per_slice() -> None:
+    pairs = [image_pair(seed) for seed in range(3)]
+    scores = slice_metrics(as_batch(*(p for p, _ in pairs)), as_batch(*(t for _, t in pairs)))
+    for i, (pred, true) in enumerate(pairs):
+        assert scores["psnr"][i].item() == pytest.approx(peak_signal_noise_ratio(true, pred, data_range=1.0))
+        assert scores["ssim"][i].item() == pytest.approx(structural_similarity(true, pred, **SKIMAGE_SSIM))
+    assert len(set(scores["ssim"].tolist())) == 3, "each slice has its own score"
+    assert torch.isnan(scores["psnr_heart"]).all(), "no heart box given: heart metrics are NaN"
+
+
+def test_heart_metrics_are_those_of_the_box() -> None:
+    pred, true = image_pair(7)
+    box = (slice(10, 30), slice(8, 26))
+    scores = slice_metrics(as_batch(pred), as_batch(true), [box])
+    expected_psnr = peak_signal_noise_ratio(true[box], pred[box], data_range=1.0)
+    _, ssim_map = structural_similarity(true, pred, full=True, **SKIMAGE_SSIM)
+    assert scores["psnr_heart"].item() == pytest.approx(expected_psnr)
+    assert scores["ssim_heart"].item() == pytest.approx(ssim_map[box].mean())
+    clean = pred.copy()
+    clean[box] = true[box]
+    perfect_heart = slice_metrics(as_batch(clean), as_batch(true), [box])
+    assert perfect_heart["ssim_heart"].item() > scores["ssim_heart"].item()
+    assert perfect_heart["psnr_heart"].item() == float("inf")
+    assert perfect_heart["psnr"].item() < float("inf")
+
+
+def test_heart_box_is_the_grown_bounding_box_of_heart_labels() -> None:
+    labels = np.zeros((32, 32), dtype=np.uint8)
+    labels[10:14, 12:15] = LV_CAVITY
+    labels[9, 12] = MYOCARDIUM
+    labels[15, 20] = RV_CAVITY
+    labels[0:3, 0:3] = 9  # not a heart label
+    assert heart_box(labels, margin=0) == (slice(9, 16), slice(12, 21))
+    assert heart_box(labels, margin=3) == (slice(6, 19), slice(9, 24))
+    edge = np.zeros((32, 32), dtype=np.uint8)
+    edge[30, 1] = LV_CAVITY
+    assert heart_box(edge, margin=4) == (slice(26, 32), slice(0, 6)), "clipped to the image"
+    assert heart_box(np.zeros((32, 32), dtype=np.uint8)) is None
+
+
+def test_slices_without_labels_use_the_subject_box() -> None:
+    subject = np.zeros((3, 2, 24, 24), dtype=np.uint8)
+    subject[0, 0, 5:8, 5:8] = LV_CAVITY
+    subject[2, 1, 15:18, 16:19] = RV_CAVITY
+    boxes = slice_heart_boxes(subject[:, 0], subject, margin=1)
+    assert boxes[0] == (slice(4, 9), slice(4, 9)), "own labels first"
+    assert boxes[1] == boxes[2] == (slice(4, 19), slice(4, 20)), "else all slices and frames of the subject"
+    assert slice_heart_boxes(None, None) == [None]
+
+
+def test_bad_shapes_are_rejected() -> None:
+    x = torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        slice_metrics(x, x[:1])
+    with pytest.raises(ValueError, match="larger than 10"):
+        slice_metrics(x[..., :8, :8], x[..., :8, :8])
+    with pytest.raises(ValueError, match="one heart box per slice"):
+        slice_metrics(x, x, [None, None, None])
