@@ -32,7 +32,9 @@ class SparseStack:
     """An acquired stack: its input voxel values, the normalised slices for the engine and its geometry.
 
     ``values`` is float32 ``(X, Y, Z, T)`` (``T = 1`` for a 3D file); ``stack`` is ``(Z, T, 1, X, Y)`` in
-    [0, 1] (frames are independent items: 4D input is upsampled frame by frame).
+    [0, 1] (frames are independent items: 4D input is upsampled frame by frame by a 2D interpolator);
+    ``cine_stack`` is the same data as ``(Z, 1, 1, T, X, Y)`` (each slice's whole cine is one item, for a
+    2D+T interpolator; :func:`frames_from_cine` turns its output back).
     """
 
     path: Path
@@ -48,6 +50,11 @@ class SparseStack:
     @property
     def num_slices(self) -> int:
         return int(self.values.shape[2])
+
+    @property
+    def cine_stack(self) -> Tensor:
+        """``(Z, 1, 1, T, X, Y)``: one item per slice, its whole cine (the 2D+T model's input)."""
+        return self.stack.transpose(1, 2).unsqueeze(1)
 
     def to_intensity(self, normalised: np.ndarray) -> np.ndarray:
         """Invert the percentile scaling (float32)."""
@@ -87,6 +94,13 @@ def read_sparse_stack(path: str | Path, percentiles: tuple[float, float] = PERCE
         header=header,
         is_4d=volume.array.ndim == 4,
     )
+
+
+def frames_from_cine(dense: Tensor) -> Tensor:
+    """A 2D+T upsampler's ``(Znew, 1, 1, T, X, Y)`` output -> the ``(Znew, T, 1, X, Y)`` layout of writing."""
+    if dense.ndim != 6 or dense.shape[1] != 1 or dense.shape[2] != 1:
+        raise ValueError(f"expected a cine stack (Znew, 1, 1, T, X, Y), got shape {tuple(dense.shape)}")
+    return dense[:, 0].transpose(1, 2)
 
 
 def dense_affine(affine: np.ndarray, dz: float, new_dz: float) -> np.ndarray:

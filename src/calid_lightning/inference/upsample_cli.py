@@ -3,7 +3,9 @@
     calid upsample --checkpoint CKPT --input SPARSE.nii.gz --output DENSE.nii.gz --factor 4
     calid upsample --method linear --input SPARSE.nii.gz --output DENSE.nii.gz --spacing 2.5
 
-4D cines are upsampled frame by frame. ``--samples N > 1`` also writes ``<output stem>_std.nii.gz``, the
+The checkpoint's kind is read from the file: a spatial CaLID upsamples a 4D cine frame by frame, a 2D+T
+CaLID generates each missing slice's whole cine at once (temporally coherent; the time spacing is kept).
+``--samples N > 1`` also writes ``<output stem>_std.nii.gz``, the
 per-voxel standard deviation over N generations (an uncertainty map).
 """
 
@@ -17,7 +19,13 @@ from pathlib import Path
 import torch
 
 from calid_lightning.data.subject import DataError
-from calid_lightning.inference.nifti_io import read_sparse_stack, std_path, write_dense_stack, write_std_map
+from calid_lightning.inference.nifti_io import (
+    frames_from_cine,
+    read_sparse_stack,
+    std_path,
+    write_dense_stack,
+    write_std_map,
+)
 from calid_lightning.inference.upsample import factor_positions, spacing_positions, upsample_stack
 
 METHODS = ("calid", "linear", "nearest", "cubic")
@@ -31,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--factor", type=int, help="K: insert K-1 slices in every gap ((Z-1)*K+1 slices)")
     grid.add_argument("--spacing", type=float, help="target slice spacing in mm (instead of --factor)")
     parser.add_argument("--method", choices=METHODS, default="calid", help="calid needs --checkpoint")
-    parser.add_argument("--checkpoint", help="CaLIDSpatial checkpoint (.ckpt)")
+    parser.add_argument("--checkpoint", help="CaLID checkpoint (.ckpt), spatial or 2D+T (read from the file)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--order", choices=("bisection", "sequential"), default="bisection")
     parser.add_argument("--seed", type=int, default=0)
@@ -39,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    parser.add_argument("--max-batch", type=int, default=64, help="slices per interpolator call")
+    parser.add_argument(
+        "--max-batch", type=int, default=64, help="items per interpolator call (slices; whole cines for 2D+T)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -47,10 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _interpolator(args: argparse.Namespace):
     """The SliceInterpolator for ``--method`` (None for the whole-stack nearest / cubic baselines)."""
     if args.method == "calid":
-        from calid_lightning.models.calid_spatial import CaLIDSpatial
+        from calid_lightning.models.latent_interpolator import load_interpolator
 
-        model = CaLIDSpatial.load_from_checkpoint(args.checkpoint, map_location=args.device)
-        return model.to(args.device).eval()
+        return load_interpolator(args.checkpoint, map_location=args.device).to(args.device)
     if args.method == "linear":
         from calid_lightning.models.baselines import ImageLinear
 
@@ -85,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             positions, new_dz = factor_positions(sparse.num_slices, args.factor), dz / args.factor
         start = time.perf_counter()
         interpolator = _interpolator(args)
+        cine = getattr(interpolator, "task", None) == "cine"
         if interpolator is None:
             from calid_lightning.models.baselines import IMAGE_BASELINES
 
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 std = torch.zeros_like(dense)
         else:
             result = upsample_stack(
-                sparse.stack,
+                sparse.cine_stack if cine else sparse.stack,
                 positions,
                 interpolator,
                 order=args.order,
@@ -105,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
             )
             dense, std = result.dense, result.std
+            if cine:
+                dense = frames_from_cine(dense)
+                std = frames_from_cine(std) if std is not None else None
         seconds = time.perf_counter() - start
         written = write_dense_stack(args.output, sparse, dense, positions, new_dz)
-        print(f"wrote {written} ({len(positions)} slices at {new_dz:g} mm, {args.method}, {seconds:.2f} s)")
+        method = f"{args.method} 2D+T" if cine else args.method
+        print(f"wrote {written} ({len(positions)} slices at {new_dz:g} mm, {method}, {seconds:.2f} s)")
         if std is not None:
             print(f"wrote {write_std_map(std_path(args.output), sparse, std, positions, new_dz)} (std map)")
     except DataError as exc:

@@ -1,304 +1,31 @@
 """CaLID spatial interpolator: conditional latent diffusion that generates a slice between two known slices.
 
-Training: the frozen VAE encodes the slice below, the slice above and the target to scaled latents; a DDPM
-step noises the target latent and the ``ConditionalDenoiser`` (U-Net eps_theta + ControlNet tau_theta)
-predicts the noise or velocity given the neighbour latents and the relative position r. Sampling: a DDIM chain
-with the EMA weights, deterministic for a given generator.
-
-The VAE is a frozen sub-module: its weights and latent scale factor travel in this model's checkpoint, and its
-architecture is rebuilt from hyperparameters saved with it, so ``load_from_checkpoint`` needs no VAE file.
+A thin subclass of :class:`~calid_lightning.models.latent_interpolator.LatentInterpolatorBase` (VAE handling,
+ControlNet-conditioned U-Net, DDPM training, EMA, DDIM sampling) for 2D items: one slice ``(1, H, W)`` with
+its latent ``(C, h, w)``. Trains on the DataModule task ``"spatial"``.
 """
 
 from __future__ import annotations
 
-import contextvars
-import inspect
-from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-from lightning.pytorch import LightningModule
-from torch import Tensor
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-
-from calid_lightning.models.conditioning import ConditionalDenoiser
-from calid_lightning.models.diffusion import (
-    ddim_sample,
-    make_schedulers,
-    randn_like_from,
-    sample_timesteps,
-    training_target,
+from calid_lightning.models.latent_interpolator import (
+    LatentInterpolatorBase,
+    inference_vae_hparams,
+    load_vae,
 )
-from calid_lightning.models.ema import EMA
-from calid_lightning.models.vae import VAEModule
 
 BATCH_KEYS = ("below", "above", "target", "r")
 
-
-def load_vae(vae_checkpoint: str | None, vae_hparams: dict[str, Any] | None = None) -> VAEModule:
-    """The frozen VAE for inference inside CaLID, without discriminator or perceptual network.
-
-    ``vae_hparams`` wins: the architecture is rebuilt and its weights and scale factor then come from a CaLID
-    state_dict, so a CaLID checkpoint restores its own VAE without the original VAE file. Otherwise the VAE is
-    loaded from ``vae_checkpoint`` and only its inference parts are kept.
-    """
-    if vae_hparams is None and not vae_checkpoint:
-        raise ValueError(
-            "CaLIDSpatial needs model.vae_checkpoint: the path of a trained VAE checkpoint "
-            "(e.g. runs/vae/quick/checkpoints/last.ckpt from `calid fit -c experiments/vae.yaml ...`)"
-        )
-    loaded = VAEModule.load_frozen(vae_checkpoint) if vae_hparams is None else None
-    hparams = inference_vae_hparams(loaded.hparams if loaded is not None else vae_hparams)
-    accepted = inspect.signature(VAEModule.__init__).parameters
-    vae = VAEModule(**{k: v for k, v in hparams.items() if k in accepted})
-    if loaded is not None:
-        own_keys = vae.state_dict().keys()
-        vae.load_state_dict({k: v for k, v in loaded.state_dict().items() if k in own_keys})
-    return vae.requires_grad_(False).eval()
+__all__ = ["BATCH_KEYS", "CaLIDSpatial", "inference_vae_hparams", "load_vae"]
 
 
-def inference_vae_hparams(hparams: Any) -> dict[str, Any]:
-    """A VAE's constructor arguments without its training-only parts (discriminator, perceptual weights)."""
-    plain = {k: v for k, v in dict(hparams).items() if not k.startswith("_")}
-    return {**plain, "adv_weight": 0.0, "perceptual_weights": None}
-
-
-class CaLIDSpatial(LightningModule):
+class CaLIDSpatial(LatentInterpolatorBase):
     """Latent diffusion interpolator for one missing slice between two known ones.
 
-    Inference API (used by the whole-volume upsampler): ``encode``, ``decode``, ``interpolate`` (latents in,
-    latent out, EMA weights, DDIM) and ``size_multiple``.
-
-    Args:
-        vae_checkpoint: trained VAE checkpoint (``VAEModule.load_frozen``); not needed when loading a CaLID
-            checkpoint, which carries the VAE.
-        channels, attention_levels, num_res_blocks, num_head_channels, norm_num_groups: the U-Net (and
-            ControlNet) architecture; channels must be multiples of ``norm_num_groups``.
-        injection: build tau_theta2 (ControlNet residual injection); False = input concatenation only.
-        conditioning_channels: channels of the ControlNet conditioning encoder (``(16,)`` keeps latent size).
-        num_train_timesteps, schedule, beta_start, beta_end, prediction_type: the diffusion process
-            (``prediction_type`` "v_prediction" or "epsilon").
-        num_inference_steps: DDIM steps of ``interpolate`` by default.
-        lr, weight_decay, lr_warmup_steps: AdamW over the U-Net and ControlNet only, linear warm-up.
-        ema_decay, ema_warmup: EMA of the U-Net and ControlNet, used for sampling.
-        val_sample_every: every this many validation runs (epoch- or ``val_check_interval``-triggered; sanity
-            checks excluded), sample ``val_num_samples`` slices of the first
-            ``val_sample_batches`` validation batches with ``val_inference_steps`` DDIM steps and log
-            ``val/psnr``, ``val/ssim`` and the linear-interpolation reference ``val/psnr_linear`` (0 = never).
-        val_seed: seed of the validation noise, timesteps and sampling (the same every epoch).
-        vae_hparams: set automatically to the VAE's hyperparameters, saved in the checkpoint; leave unset.
+    Inference API (used by the whole-volume upsampler): ``encode`` ((N, 1, H, W) -> (N, C, h, w)),
+    ``decode``, ``interpolate`` (latents in, latent out, EMA weights, DDIM) and ``size_multiple``.
+    Constructor arguments: see :class:`LatentInterpolatorBase`.
     """
 
-    def __init__(
-        self,
-        vae_checkpoint: str | None = None,
-        channels: Sequence[int] = (64, 128, 128),
-        attention_levels: Sequence[bool] = (False, False, True),
-        num_res_blocks: int = 2,
-        num_head_channels: int = 32,
-        norm_num_groups: int = 32,
-        injection: bool = True,
-        conditioning_channels: Sequence[int] = (16,),
-        num_train_timesteps: int = 1000,
-        schedule: str = "scaled_linear_beta",
-        beta_start: float = 0.0015,
-        beta_end: float = 0.0195,
-        prediction_type: str = "v_prediction",
-        num_inference_steps: int = 50,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        lr_warmup_steps: int = 0,
-        ema_decay: float = 0.999,
-        ema_warmup: bool = True,
-        val_sample_every: int = 1,
-        val_num_samples: int = 8,
-        val_sample_batches: int = 1,
-        val_inference_steps: int = 20,
-        val_seed: int = 0,
-        vae_hparams: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["vae_hparams"])
-        # A fresh contextvars.Context: under LightningCLI this module's hyperparameters sit in a context
-        # variable that save_hyperparameters of a LightningModule built here (the VAE) would take as its own.
-        self.vae = contextvars.Context().run(load_vae, vae_checkpoint, vae_hparams)
-        self.hparams["vae_hparams"] = inference_vae_hparams(self.vae.hparams)
-        self.latent_channels = int(self.vae.latent_channels)
-        self.denoiser = ConditionalDenoiser(
-            latent_channels=self.latent_channels,
-            channels=channels,
-            attention_levels=attention_levels,
-            num_res_blocks=num_res_blocks,
-            num_head_channels=num_head_channels,
-            norm_num_groups=norm_num_groups,
-            injection=injection,
-            conditioning_channels=conditioning_channels,
-        )
-        self.ema = EMA(self.denoiser, decay=ema_decay, warmup=ema_warmup)
-        self.ddpm, self.ddim = make_schedulers(
-            num_train_timesteps, schedule, prediction_type, beta_start, beta_end
-        )
-        self.size_multiple = int(self.vae.downsample_factor) * 2 ** (len(channels) - 1)
-        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.val_psnr_linear = PeakSignalNoiseRatio(data_range=1.0)
-        self._ema_step = -1
-        self._validation_runs = 0
-        self._fit_seed = 0
-        self._noise_step, self._micro_batch = -1, 0
-
-    def train(self, mode: bool = True) -> CaLIDSpatial:
-        """Switch training mode; the frozen VAE stays in eval mode."""
-        super().train(mode)
-        self.vae.eval()
-        return self
-
-    @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Image slices (N, 1, H, W) in [0, 1] -> scaled latents (N, C, H/f, W/f), float32."""
-        self._check_size(x)
-        return self.vae.encode(x).float()
-
-    @torch.no_grad()
-    def decode(self, z: Tensor) -> Tensor:
-        """Scaled latents -> image slices clamped to [0, 1]."""
-        return self.vae.decode(z).float().clamp(0.0, 1.0)
-
-    @torch.no_grad()
-    def interpolate(
-        self,
-        below: Tensor,
-        above: Tensor,
-        r: Tensor,
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Generate the latent at relative position r between two neighbour latents (EMA weights, DDIM).
-
-        Args:
-            below, above: latents (B, C, h, w) of the nearest known slices below and above.
-            r: (B,) relative positions in (0, 1) (or one value for the whole batch).
-            num_steps: DDIM steps (default: ``num_inference_steps``).
-            generator: CPU generator of the initial noise; equal generators give equal outputs (eta = 0).
-        Returns:
-            the generated latent (B, C, h, w).
-        """
-        r = torch.as_tensor(r, dtype=below.dtype, device=below.device).reshape(-1).expand(below.shape[0])
-        denoiser = self.ema.module
-        noise = randn_like_from(below, generator)
-
-        def predict(sample: Tensor, t: Tensor) -> Tensor:
-            return denoiser(sample, t, below, above, r)
-
-        return ddim_sample(predict, self.ddim, noise, num_steps or self.hparams.num_inference_steps)
-
-    def _check_size(self, x: Tensor) -> None:
-        if x.shape[-1] % self.size_multiple or x.shape[-2] % self.size_multiple:
-            raise ValueError(
-                f"image size {tuple(x.shape[-2:])} is not divisible by CaLIDSpatial.size_multiple="
-                f"{self.size_multiple} (VAE factor x 2**(U-Net levels - 1)); crop or pad the slices"
-            )
-
-    def _encode_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        missing = [k for k in BATCH_KEYS if k not in batch]
-        if missing:
-            raise KeyError(
-                f"CaLIDSpatial batch lacks {missing}; expected keys {BATCH_KEYS} (data task 'spatial')"
-            )
-        below, above, target = (self.encode(batch[k]) for k in ("below", "above", "target"))
-        return below, above, target, batch["r"].float()
-
-    def _diffusion_loss(
-        self, batch: dict[str, Tensor], generator: torch.Generator | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
-        below, above, target, r = latents = self._encode_batch(batch)
-        t = sample_timesteps(target.shape[0], self.ddpm.num_train_timesteps, target.device, generator)
-        noise = randn_like_from(target, generator)
-        noisy = self.ddpm.add_noise(target, noise, t)
-        prediction = self.denoiser(noisy, t, below, above, r)
-        loss = F.mse_loss(prediction.float(), training_target(self.ddpm, target, noise, t))
-        return loss, latents
-
-    def on_fit_start(self) -> None:
-        """Remember the run's seed: training noise comes from (seed, step, micro-batch, rank)."""
-        self._fit_seed = torch.initial_seed()
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """MSE between the denoiser's prediction and the noise / velocity at a random timestep.
-
-        Timesteps and noise come from a generator keyed by (seed, global step, micro-batch, rank), so a run
-        resumed from a checkpoint draws exactly what the uninterrupted run would have drawn.
-        """
-        self._micro_batch = self._micro_batch + 1 if self.global_step == self._noise_step else 0
-        self._noise_step = self.global_step
-        key = [self._fit_seed, self.global_step, self._micro_batch, self.global_rank]
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-        loss, _ = self._diffusion_loss(batch, generator)
-        self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["r"].shape[0]
-        )
-        return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the EMA once per optimizer step (not per accumulated micro-batch)."""
-        if self.global_step != self._ema_step:
-            self.ema.update(self.denoiser)
-            self._ema_step = self.global_step
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Loss at fixed-seed timesteps and noise; on sampling runs also DDIM samples -> PSNR / SSIM."""
-        generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
-        loss, (below, above, _, r) = self._diffusion_loss(batch, generator)
-        batch_size = r.shape[0]
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch_size)
-        if not self._sampling_run() or batch_idx >= self.hparams.val_sample_batches:
-            return
-        n = min(self.hparams.val_num_samples, batch_size)
-        sample_generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
-        latent = self.interpolate(
-            below[:n], above[:n], r[:n], self.hparams.val_inference_steps, sample_generator
-        )
-        generated = self.decode(latent)
-        target = batch["target"][:n].float()
-        weight = r[:n].reshape(-1, 1, 1, 1)
-        linear = (1 - weight) * batch["below"][:n].float() + weight * batch["above"][:n].float()
-        self.val_psnr(generated, target)
-        self.val_ssim(generated, target)
-        self.val_psnr_linear(linear, target)
-        metrics = {"psnr": self.val_psnr, "ssim": self.val_ssim, "psnr_linear": self.val_psnr_linear}
-        for name, metric in metrics.items():
-            self.log(f"val/{name}", metric, on_epoch=True, batch_size=n)
-        if batch_idx == 0:
-            self._log_samples(batch["below"][:n], generated, target, batch["above"][:n])
-
-    def _log_samples(self, *columns: Tensor) -> None:
-        """One image of rows ``below | generated | target | above`` for loggers with ``log_image`` (W&B)."""
-        log_image = getattr(self.logger, "log_image", None)
-        if log_image is None:
-            return
-        rows = torch.cat([c[:, 0].float() for c in columns], dim=-1)
-        grid = rows.reshape(-1, rows.shape[-1]).cpu().numpy()
-        caption = ["below | generated | target | above"]
-        log_image(key="val/samples", images=[grid], caption=caption, step=self.global_step)
-
-    def on_validation_epoch_start(self) -> None:
-        """Count validation runs (not sanity checks): sampling happens every ``val_sample_every``-th."""
-        if not self.trainer.sanity_checking:
-            self._validation_runs += 1
-
-    def _sampling_run(self) -> bool:
-        every = self.hparams.val_sample_every
-        if every <= 0 or self.trainer.sanity_checking:
-            return False
-        return self._validation_runs % every == 0
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW over the trained parts (U-Net and ControlNet) with an optional linear warm-up."""
-        optimizer = torch.optim.AdamW(
-            self.denoiser.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        warmup = max(1, self.hparams.lr_warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    spatial_dims = 2
+    task = "spatial"
+    batch_keys = BATCH_KEYS
