@@ -10,7 +10,7 @@ PROFILE ?= quick
 DATA ?= data_modules/phantom.yaml
 PYTEST_FAST := -m "not slow and not ddp and not gpu"
 
-.PHONY: help install test test-slow lint format phantom train-vae train-spatial train-2dt upsample bench bench-data bench-train reproduce-table sweep clean
+.PHONY: help install test test-slow lint format phantom train-vae train-spatial train-2dt evaluate upsample bench bench-data bench-train reproduce-table sweep clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,11 +35,36 @@ format:  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests
 	$(VENV)/bin/ruff format src tests
 
-phantom:  ## write 20 phantom subjects to data/phantom
-	$(VENV)/bin/calid phantom --out data/phantom --subjects 20 --seed 0
+CALID := $(VENV)/bin/calid
+# Profile overrides come last so they win over the data config: PROFILE=paper uses the GPU-cluster sizes.
+profile = $(if $(filter paper,$(PROFILE)),-c experiments/profiles/paper/$(1).yaml)
+SPATIAL_CKPT ?= runs/calid_spatial/$(PROFILE)/checkpoints/last.ckpt
 
-bench-data:  ## phantom generation and DataModule throughput
-	$(PY) benchmarks/bench_data.py
+phantom:  ## write 20 phantom subjects to data/phantom
+	$(CALID) phantom --out data/phantom --subjects 20 --seed 0
+
+train-vae:  ## train the VAE (PROFILE=quick|paper, DATA=data_modules/<source>.yaml)
+	$(CALID) fit -c experiments/vae.yaml -c $(DATA) $(call profile,vae) $(ARGS)
+
+train-spatial:  ## train the spatial CaLID interpolator on the trained VAE
+	$(CALID) fit -c experiments/calid_spatial.yaml -c $(DATA) $(call profile,calid_spatial) $(ARGS)
+
+train-2dt:  ## train the 2D+T CaLID interpolator on the trained VAE
+	$(CALID) fit -c experiments/calid_2dt.yaml -c $(DATA) $(call profile,calid_2dt) $(ARGS)
+
+evaluate:  ## held-out PSNR/SSIM of CaLID and the baselines at FACTOR (default 4) -> results/eval/
+	$(CALID) evaluate --data $(DATA) --checkpoint $(SPATIAL_CKPT) --factor $(or $(FACTOR),4) \
+		--methods calid,lerp,slerp,linear,cubic,nearest --out results/eval/spatial_x$(or $(FACTOR),4).csv $(ARGS)
+
+upsample:  ## upsample INPUT=sparse.nii.gz to OUTPUT=dense.nii.gz with the trained CaLID (FACTOR=4)
+	$(CALID) upsample --checkpoint $(SPATIAL_CKPT) --input $(INPUT) --output $(OUTPUT) --factor $(or $(FACTOR),4)
+
+bench-data:  ## seconds per phantom subject, DataModule samples/s (0 and 2 workers)
+	$(PY) benchmarks/bench_phantom.py
+	$(PY) benchmarks/bench_datamodule.py
+
+bench:  ## seconds per whole-volume x4 upsampling for each method (CHECKPOINT=... adds CaLID)
+	$(PY) benchmarks/bench_upsample.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(ARGS)
 
 clean:  ## remove runs, results and caches (keeps .venv and data)
 	rm -rf runs results cache lightning_logs wandb
