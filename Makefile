@@ -13,7 +13,7 @@ PYTEST_FAST := -m "not slow and not ddp and not gpu"
 .PHONY: help install test test-slow lint format phantom train-vae train-spatial train-2dt evaluate upsample bench bench-data bench-train reproduce-table sweep clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 install:  ## create .venv and install the package with its test tools
 	test -x $(PY) || python3 -m venv $(VENV)
