@@ -14,6 +14,7 @@ TOOLS: dict[str, str] = {
     "phantom": "calid_lightning.data.phantom_cli",
     "upsample": "calid_lightning.inference.upsample_cli",
     "evaluate": "calid_lightning.evaluation.evaluate_cli",
+    "sweep": "calid_lightning.sweep",
 }
 
 
@@ -27,9 +28,16 @@ def run_lightning_cli(args: list[str] | None) -> None:
 
     The DataModule class defaults to :data:`DEFAULT_DATAMODULE`, so an experiment config may set
     ``data.init_args`` (task, crop size) before or after the data-source config without naming the class.
+    W&B runs offline when no credentials are present (:func:`~calid_lightning.tracking.ensure_wandb_mode`),
+    and the resolved config goes to every logger (:class:`~calid_lightning.tracking.LoggedConfigCallback`).
     """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
+
+    from calid_lightning.tracking import LoggedConfigCallback, ensure_wandb_mode
+
+    ensure_wandb_mode(announce=rank_zero_only.rank == 0)
 
     class CalidCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -41,6 +49,7 @@ def run_lightning_cli(args: list[str] | None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_callback=LoggedConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,
     )
