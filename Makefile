@@ -59,6 +59,9 @@ evaluate:  ## held-out PSNR/SSIM of CaLID and the baselines at FACTOR (default 4
 upsample:  ## upsample INPUT=sparse.nii.gz to OUTPUT=dense.nii.gz with the trained CaLID (FACTOR=4)
 	$(CALID) upsample --checkpoint $(SPATIAL_CKPT) --input $(INPUT) --output $(OUTPUT) --factor $(or $(FACTOR),4)
 
+sweep:  ## W&B sweep (SWEEP=experiments/sweeps/vae.yaml COUNT=8); offline sweeps engine without credentials
+	$(CALID) sweep $(or $(SWEEP),experiments/sweeps/vae.yaml) --count $(or $(COUNT),8) $(ARGS)
+
 bench-data:  ## seconds per phantom subject, DataModule samples/s (0 and 2 workers)
 	$(PY) benchmarks/bench_phantom.py
 	$(PY) benchmarks/bench_datamodule.py

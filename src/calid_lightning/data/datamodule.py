@@ -1,4 +1,4 @@
-"""``CardiacDataModule``: any supported data source as VAE, spatial or 2D+T batches.
+"""``CardiacDataModule``: any supported data source as VAE, spatial, 2D+T or segmentation batches.
 
 Subjects come from a reader (``layout``: phantom, acdc, mnms, ukbb, nifti_folder), are prepared once
 (resampling, heart-centred crop, intensities in [0, 1]) and cached per worker (optionally on disk). Splits are
@@ -24,6 +24,7 @@ from calid_lightning.data.datasets import (
     ExampleBuilder,
     SubjectStore,
     TrainDataset,
+    segment_frames,
     task_frames,
 )
 from calid_lightning.data.preprocess import PreparedSubject, prepare_subject
@@ -88,12 +89,14 @@ class SubjectLoader:
 
 
 class CardiacDataModule(LightningDataModule):
-    """Cardiac cine data as batches for one ``task``: ``"slice"`` (VAE), ``"spatial"`` or ``"cine"`` (2D+T).
+    """Cardiac cine data as batches for one ``task``: ``"slice"`` (VAE), ``"spatial"``, ``"cine"`` (2D+T) or
+    ``"segment"`` (downstream segmenter).
 
     Args:
         layout: reader layout: phantom, acdc, mnms, ukbb or nifti_folder.
         root: data folder of that layout.
-        task: "slice" (VAE), "spatial" (CaLID) or "cine" (2D+T).
+        task: "slice" (VAE), "spatial" (CaLID), "cine" (2D+T) or "segment" (slices with their labels, at
+            labelled frames only: every frame of the phantom's dense truth, ED/ES of ACDC and M&Ms).
         reader_options: extra reader options (mnms: info_csv, include_unlabeled; nifti_folder: label_suffix,
             label_map).
         phantom: generate the phantom into root in prepare_data, e.g. {subjects: 20, seed: 0, size: [96, 96],
@@ -108,7 +111,7 @@ class CardiacDataModule(LightningDataModule):
         pixel_spacing: resample in-plane to this spacing in mm first (null: keep).
         num_frames: cine task: subsample the cycle to this many frames (null: all).
         time_multiple: cine task: pad time to a multiple of this by wrapping the cycle.
-        frames: slice/spatial tasks: frames to use, "all" or "ed_es".
+        frames: slice/spatial/segment tasks: frames to use, "all" or "ed_es".
         augment: TorchIO augmentation of training examples.
         augment_options: keyword arguments of build_augmentation (e.g. flip: true, artefact_p: 0.1).
         batch_size: examples per batch.
@@ -225,7 +228,14 @@ class CardiacDataModule(LightningDataModule):
                 heldout_plan(prepared.num_slices, self.gap_factor, self.heldout_seed, subject_id)
             except ValueError as error:
                 raise DataError(source, f"{error} (data.gap_factor is {self.gap_factor})") from error
-            if self.task != "slice" and not usable_factors(prepared.num_slices, self.train_factors):
+            if self.task == "segment" and not segment_frames(prepared, self.frames):
+                raise DataError(
+                    source,
+                    f"no labelled frames among data.frames={self.frames!r} (the segment task needs labels; "
+                    "data.lenient: true skips such subjects)",
+                )
+            interpolates = self.task in ("spatial", "cine")
+            if interpolates and not usable_factors(prepared.num_slices, self.train_factors):
                 raise DataError(
                     source, f"{prepared.num_slices} slices: no data.train_factors {self.train_factors} fits"
                 )
@@ -238,8 +248,8 @@ class CardiacDataModule(LightningDataModule):
 
     def _subject_examples(self, subject_id: str) -> list[Example]:
         prepared = self.store.get(subject_id)
-        if self.task == "slice":
-            frames = task_frames(prepared, self.frames)
+        if self.task in ("slice", "segment"):
+            frames = (task_frames if self.task == "slice" else segment_frames)(prepared, self.frames)
             return [Example(subject_id, z, 1, 0, f) for z in range(prepared.num_slices) for f in frames]
         frames = [prepared.ed_frame] if self.task == "cine" else task_frames(prepared, self.frames)
         return eval_examples(subject_id, prepared.num_slices, self.gap_factor, self.heldout_seed, frames)

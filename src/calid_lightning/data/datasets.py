@@ -1,10 +1,12 @@
-"""Map-style torch Datasets for the three tasks, over subjects prepared lazily and cached per worker.
+"""Map-style torch Datasets for the four tasks, over subjects prepared lazily and cached per worker.
 
 Tasks and their items (intensities float32 in [0, 1]):
 
 - ``"slice"`` (VAE): ``image`` ``(1, H, W)``.
 - ``"spatial"`` (CaLID): ``below``, ``above``, ``target`` ``(1, H, W)`` and ``r`` (float).
 - ``"cine"`` (2D+T): the same keys with ``(1, T, H, W)`` cines, plus ``frames`` (real frames before padding).
+- ``"segment"`` (downstream segmenter): ``image`` ``(1, H, W)`` and ``label`` ``(H, W)`` int64 in the internal
+  convention, at labelled frames only (see :func:`labelled_frames`).
 
 Every item also carries ``subject_id``, ``z`` (target slice) and ``frame``; spatial and cine items carry
 ``k`` (the gap in slices). Map-style, so Lightning's DistributedSampler shards them under DDP.
@@ -24,13 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 import torchio as tio
+from torch import Tensor
 from torch.utils.data import Dataset
 
-from calid_lightning.data.augment import augment_slab
+from calid_lightning.data.augment import augment_slab, single_thread
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import Example, cine_frame_indices, sample_train_example, stable_int
 
-TASKS = ("slice", "spatial", "cine")
+TASKS = ("slice", "spatial", "cine", "segment")
 
 
 class SubjectStore:
@@ -103,6 +106,22 @@ def task_frames(prepared: PreparedSubject, frames: str) -> list[int]:
     raise ValueError(f"frames must be 'all' or 'ed_es', got {frames!r}")
 
 
+def labelled_frames(prepared: PreparedSubject) -> list[int]:
+    """Frames whose label maps are real: every frame of a labelled dense stack (the phantom's dense truth
+    labels the whole cycle), otherwise the reader's ``labelled_frames`` (ED and ES for ACDC / M&Ms)."""
+    if prepared.labels is None:
+        return []
+    if prepared.dense:
+        return list(range(prepared.num_frames))
+    return sorted(set(prepared.labelled_frames))
+
+
+def segment_frames(prepared: PreparedSubject, frames: str) -> list[int]:
+    """The frames a segment example may use: :func:`task_frames` restricted to :func:`labelled_frames`."""
+    labelled = set(labelled_frames(prepared))
+    return [f for f in task_frames(prepared, frames) if f in labelled]
+
+
 class ExampleBuilder:
     """Turns an :class:`Example` of a prepared subject into a batch item of one task.
 
@@ -134,6 +153,8 @@ class ExampleBuilder:
             slab = torch.from_numpy(prepared.image[example.target, example.frame])[None, :, :, None]
             item["image"] = self._augment(slab, seed)[..., 0]
             return item
+        if self.task == "segment":
+            return {**item, **self._segment_item(prepared, example, seed)}
         if self.task == "spatial":
             block = prepared.image[example.below : example.above + 1, example.frame]
             slab = self._augment(torch.from_numpy(np.moveaxis(block, 0, -1))[None], seed)
@@ -153,6 +174,24 @@ class ExampleBuilder:
             k=example.k,
         )
         return item
+
+    def _segment_item(self, prepared: PreparedSubject, example: Example, seed: int) -> dict[str, Tensor]:
+        """``image`` ``(1, H, W)`` and ``label`` ``(H, W)``; spatial transforms move both (labels nearest)."""
+        if prepared.labels is None:
+            raise ValueError(f"subject {prepared.subject_id!r} has no labels; the segment task needs them")
+        image = torch.from_numpy(prepared.image[example.target, example.frame])[None, :, :, None]
+        label = torch.from_numpy(prepared.labels[example.target, example.frame])[None, :, :, None]
+        if self.transform is None:
+            return {"image": image[..., 0].to(torch.float32, copy=True), "label": label[0, ..., 0].long()}
+        with torch.random.fork_rng(devices=[]), single_thread():
+            torch.manual_seed(seed)
+            subject = tio.Subject(
+                image=tio.ScalarImage(tensor=image.to(torch.float32, copy=True)),
+                label=tio.LabelMap(tensor=label.to(torch.int64, copy=True)),
+            )
+            out = self.transform(subject)
+        image, label = out["image"].data, out["label"].data
+        return {"image": image[..., 0].clamp_(0.0, 1.0), "label": label[0, ..., 0].long()}
 
     def _augment(self, slab: torch.Tensor, seed: int) -> torch.Tensor:
         """The transformed slab, or a copy (items never share memory with the subject cache)."""
@@ -182,7 +221,7 @@ class TrainDataset(Dataset):
 
     Each item's randomness comes from one draw of the process's torch RNG mixed with the index: new examples
     every epoch, reproducible under ``seed_everything(workers=True)``, and distinct across DDP ranks.
-    ``factors`` are the gap factors to train on; ``frames`` is ``"all"`` or ``"ed_es"`` (slice/spatial).
+    ``factors`` are the gap factors to train on; ``frames`` is ``"all"`` or ``"ed_es"`` (all but cine).
     """
 
     def __init__(
@@ -210,8 +249,9 @@ class TrainDataset(Dataset):
         draw = int(torch.randint(0, 2**62, ()).item())
         rng = np.random.default_rng([draw, index])
         prepared = self.store.get(self.subject_ids[int(rng.integers(len(self.subject_ids)))])
-        if self.builder.task == "slice":
-            frame = int(rng.choice(task_frames(prepared, self.frames)))
+        if self.builder.task in ("slice", "segment"):
+            choices = task_frames if self.builder.task == "slice" else segment_frames
+            frame = int(rng.choice(choices(prepared, self.frames)))
             example = Example(prepared.subject_id, int(rng.integers(prepared.num_slices)), 1, 0, frame)
         else:
             frames = range(prepared.num_frames) if self.builder.task == "cine" else None

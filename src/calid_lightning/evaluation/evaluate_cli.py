@@ -2,12 +2,14 @@
 
     calid evaluate --data data_modules/phantom.yaml --checkpoint CKPT --methods calid,lerp,slerp,linear \\
         --factor 4 --split test --frames ed_es --steps 50 --out results/eval/spatial_x4.csv
+    calid evaluate --data data_modules/phantom.yaml --pixel-checkpoint PIXEL.ckpt --methods pixel,linear
 
 Writes the per-slice CSV (``--out``), the per-subject means (``<out stem>_subjects.csv``) and prints a
 Markdown table: mean +- std over subjects of each metric and the median seconds per volume (one frame's
 3D stack; a subject's frames are generated as one batch, so this is the batch time divided by its frames).
 Each method first runs once, untimed, on one frame of the first subject (warm-up). Methods that need a
-CaLID checkpoint are skipped, with a message, when ``--checkpoint`` is not given.
+CaLID checkpoint are skipped, with a message, when ``--checkpoint`` is not given; ``pixel`` (the pixel-space
+diffusion interpolator) likewise without ``--pixel-checkpoint``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from calid_lightning.data.subject import DataError
 from calid_lightning.evaluation.heldout import (
     CHECKPOINT_METHODS,
     METHODS,
+    PIXEL_METHODS,
     RECORD_FIELDS,
     Upsampler,
     build_method,
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint", help="CaLIDSpatial checkpoint for calid, calid_sequential, lerp, slerp"
     )
+    parser.add_argument("--pixel-checkpoint", help="PixelSpatial checkpoint for the method pixel")
     parser.add_argument("--methods", default="calid,lerp,slerp,linear,cubic,nearest", help="comma-separated")
     parser.add_argument("--factor", type=int, default=4, help="gap factor: keep every k-th slice")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
@@ -202,26 +206,35 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--methods {args.methods!r}: unknown {unknown}; choose from {', '.join(METHODS)}")
     if args.factor < 2:
         parser.error(f"--factor must be >= 2 (one held-out slice per gap), got {args.factor}")
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        parser.error(f"--checkpoint {args.checkpoint}: file not found")
+    for option, path in (("--checkpoint", args.checkpoint), ("--pixel-checkpoint", args.pixel_checkpoint)):
+        if path and not Path(path).is_file():
+            parser.error(f"{option} {path}: file not found")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but no CUDA device is available")
-    if not args.checkpoint:
-        skipped = [m for m in methods if m in CHECKPOINT_METHODS]
+    checkpoints = (
+        (CHECKPOINT_METHODS, "--checkpoint", args.checkpoint),
+        (PIXEL_METHODS, "--pixel-checkpoint", args.pixel_checkpoint),
+    )
+    for needed, option, path in checkpoints:
+        if path:
+            continue
+        skipped = [m for m in methods if m in needed]
         if skipped:
-            print(
-                f"calid evaluate: skipping {', '.join(skipped)}: they need --checkpoint CKPT", file=sys.stderr
-            )
-        methods = [m for m in methods if m not in CHECKPOINT_METHODS]
-        if not methods:
-            parser.error(
-                "no method left to evaluate: pass --checkpoint or an image method (linear,cubic,nearest)"
-            )
+            print(f"calid evaluate: skipping {', '.join(skipped)}: they need {option} CKPT", file=sys.stderr)
+        methods = [m for m in methods if m not in needed]
+    if not methods:
+        parser.error(
+            "no method left to evaluate: pass --checkpoint / --pixel-checkpoint or an image method "
+            "(linear,cubic,nearest)"
+        )
     try:
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
         datamodule = build_datamodule(class_path, init_args)
         subjects = datamodule.subjects(args.split)
-        upsamplers = {m: build_method(m, args.checkpoint, args.device, args.max_batch) for m in methods}
+        upsamplers = {
+            m: build_method(m, args.checkpoint, args.device, args.max_batch, args.pixel_checkpoint)
+            for m in methods
+        }
         records: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         if args.warmup and subjects:

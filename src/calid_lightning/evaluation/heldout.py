@@ -26,8 +26,9 @@ from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.baselines import IMAGE_BASELINES
 
 CHECKPOINT_METHODS = ("calid", "calid_sequential", "lerp", "slerp")
+PIXEL_METHODS = ("pixel",)
 IMAGE_METHODS = ("linear", "cubic", "nearest")
-METHODS = CHECKPOINT_METHODS + IMAGE_METHODS
+METHODS = CHECKPOINT_METHODS + PIXEL_METHODS + IMAGE_METHODS
 RECORD_FIELDS = ("subject", "method", "factor", "frame", "z", *METRICS)
 
 
@@ -45,18 +46,36 @@ def load_calid(checkpoint: str, device: str = "cpu") -> Any:
     return CaLIDSpatial.load_from_checkpoint(checkpoint, map_location=device).to(device).eval()
 
 
+@functools.lru_cache(maxsize=1)
+def load_pixel(checkpoint: str, device: str = "cpu") -> Any:
+    """A PixelSpatial checkpoint in eval mode on ``device`` (cached)."""
+    from calid_lightning.models.pixel_diffusion import PixelSpatial
+
+    return PixelSpatial.load_from_checkpoint(checkpoint, map_location=device).to(device).eval()
+
+
 def build_method(
-    name: str, checkpoint: str | None = None, device: str = "cpu", max_batch: int = 64
+    name: str,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+    max_batch: int = 64,
+    pixel_checkpoint: str | None = None,
 ) -> Upsampler:
     """The upsampler of method ``name`` (one of :data:`METHODS`).
 
     ``calid`` / ``calid_sequential`` run the CaLID model through the autoregressive engine in bisection /
-    sequential order; ``lerp`` / ``slerp`` blend the same model's VAE latents; ``linear``, ``cubic`` and
-    ``nearest`` interpolate the images along z. Raises ``ValueError`` for an unknown name or a missing
-    checkpoint.
+    sequential order; ``lerp`` / ``slerp`` blend the same model's VAE latents; ``pixel`` runs the
+    pixel-space diffusion interpolator (``pixel_checkpoint``) through the engine in bisection order;
+    ``linear``, ``cubic`` and ``nearest`` interpolate the images along z. Raises ``ValueError`` for an
+    unknown name or a missing checkpoint.
     """
     if name in IMAGE_METHODS:
         return IMAGE_BASELINES[name]
+    if name in PIXEL_METHODS:
+        if not pixel_checkpoint:
+            raise ValueError(f"method {name!r} needs a PixelSpatial checkpoint (--pixel-checkpoint CKPT)")
+        model = load_pixel(str(pixel_checkpoint), device)
+        return EngineUpsampler(model, max_batch=max_batch, device=device)
     if name not in CHECKPOINT_METHODS:
         raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
     if not checkpoint:

@@ -11,7 +11,9 @@ architecture is rebuilt from hyperparameters saved with it, so ``load_from_check
 :class:`LatentInterpolatorBase` does all of this for 2D latents; the subclasses choose the representation:
 ``CaLIDSpatial`` (one slice, 2D U-Net) and ``CaLID2DT`` (a slice's whole cine, 3D (T, h, w) U-Net), which
 overrides the few hooks that depend on the shape of an item (``encode``, ``decode``, ``_predict``,
-``_regression_loss``, ``_sample_metrics``).
+``_regression_loss``, ``_sample_metrics``). The image <-> representation step is a hook too
+(``_build_codec`` with ``encode`` / ``decode``): ``PixelSpatial`` replaces the VAE by the identity, so the
+same denoiser runs on image slices (the pixel-space speed reference).
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ class LatentInterpolatorBase(LightningModule):
     task: ClassVar[str] = "spatial"
     """The DataModule task whose batches this model trains on."""
     batch_keys: ClassVar[tuple[str, ...]] = ("below", "above", "target", "r")
+    hparams_ignore: ClassVar[tuple[str, ...]] = ("vae_hparams",)
+    """Constructor arguments ``save_hyperparameters`` leaves out (``vae_hparams`` is set by the codec)."""
 
     def __init__(
         self,
@@ -136,12 +140,8 @@ class LatentInterpolatorBase(LightningModule):
         vae_hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["vae_hparams"])
-        # A fresh contextvars.Context: under LightningCLI this module's hyperparameters sit in a context
-        # variable that save_hyperparameters of a LightningModule built here (the VAE) would take as its own.
-        self.vae = contextvars.Context().run(load_vae, vae_checkpoint, vae_hparams)
-        self.hparams["vae_hparams"] = inference_vae_hparams(self.vae.hparams)
-        self.latent_channels = int(self.vae.latent_channels)
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
+        self.latent_channels, downsample_factor = self._build_codec(vae_checkpoint, vae_hparams)
         self.denoiser = ConditionalDenoiser(
             latent_channels=self.latent_channels,
             channels=channels,
@@ -157,7 +157,7 @@ class LatentInterpolatorBase(LightningModule):
         self.ddpm, self.ddim = make_schedulers(
             num_train_timesteps, schedule, prediction_type, beta_start, beta_end
         )
-        self.size_multiple = int(self.vae.downsample_factor) * 2 ** (len(channels) - 1)
+        self.size_multiple = downsample_factor * 2 ** (len(channels) - 1)
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.val_psnr_linear = PeakSignalNoiseRatio(data_range=1.0)
@@ -166,10 +166,23 @@ class LatentInterpolatorBase(LightningModule):
         self._fit_seed = 0
         self._noise_step, self._micro_batch = -1, 0
 
+    def _build_codec(self, vae_checkpoint: str | None, vae_hparams: dict[str, Any] | None) -> tuple[int, int]:
+        """Attach the frozen VAE as ``self.vae``; returns its (latent channels, downsampling factor).
+
+        Subclasses working in another representation override this together with ``encode``/``decode``.
+        """
+        # A fresh contextvars.Context: under LightningCLI this module's hyperparameters sit in a context
+        # variable that save_hyperparameters of a LightningModule built here (the VAE) would take as its own.
+        self.vae = contextvars.Context().run(load_vae, vae_checkpoint, vae_hparams)
+        self.hparams["vae_hparams"] = inference_vae_hparams(self.vae.hparams)
+        return int(self.vae.latent_channels), int(self.vae.downsample_factor)
+
     def train(self, mode: bool = True) -> LatentInterpolatorBase:
-        """Switch training mode; the frozen VAE stays in eval mode."""
+        """Switch training mode; a frozen VAE stays in eval mode."""
         super().train(mode)
-        self.vae.eval()
+        vae = getattr(self, "vae", None)
+        if vae is not None:
+            vae.eval()
         return self
 
     # ---- inference API -------------------------------------------------------------------------------------
@@ -236,7 +249,8 @@ class LatentInterpolatorBase(LightningModule):
         if x.shape[-1] % self.size_multiple or x.shape[-2] % self.size_multiple:
             raise ValueError(
                 f"image size {tuple(x.shape[-2:])} is not divisible by {type(self).__name__}.size_multiple="
-                f"{self.size_multiple} (VAE factor x 2**(U-Net levels - 1)); crop or pad the slices"
+                f"{self.size_multiple} (VAE factor, 1 in pixel space, x 2**(U-Net levels - 1)); "
+                "crop or pad the slices"
             )
 
     # ---- training ------------------------------------------------------------------------------------------
@@ -350,9 +364,10 @@ class LatentInterpolatorBase(LightningModule):
 def checkpoint_model_class(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> type:
     """The interpolator class of a loaded checkpoint dict.
 
-    Uses the class name written by ``on_save_checkpoint``; for checkpoints saved without it, the U-Net's
-    input convolution tells a 3D (2D+T) denoiser from a 2D (spatial) one. Raises :class:`DataError` naming
-    the file when it is not a CaLID checkpoint.
+    Uses the class name written by ``on_save_checkpoint``; for checkpoints saved without it, a state_dict
+    without ``vae.*`` weights is a pixel-space model, else the U-Net's input convolution tells a 3D (2D+T)
+    denoiser from a 2D (spatial) one. Raises :class:`DataError` naming the file when it is not a CaLID
+    checkpoint.
     """
     name = checkpoint.get(MODEL_CLASS_KEY)
     if name is None:
@@ -361,14 +376,15 @@ def checkpoint_model_class(checkpoint: dict[str, Any], path: str | Path = "check
             raise DataError(
                 path,
                 f"not a CaLID checkpoint (no '{MODEL_CLASS_KEY}' entry and no "
-                "state_dict['denoiser.unet.conv_in.conv.weight']); expected a CaLIDSpatial or CaLID2DT "
-                "checkpoint",
+                "state_dict['denoiser.unet.conv_in.conv.weight']); expected a CaLIDSpatial, CaLID2DT or "
+                "PixelSpatial checkpoint",
             )
-        name = (
-            "calid_lightning.models.calid_2dt.CaLID2DT"
-            if weight.ndim == 5
-            else "calid_lightning.models.calid_spatial.CaLIDSpatial"
-        )
+        if not any(key.startswith("vae.") for key in checkpoint["state_dict"]):
+            name = "calid_lightning.models.pixel_diffusion.PixelSpatial"
+        elif weight.ndim == 5:
+            name = "calid_lightning.models.calid_2dt.CaLID2DT"
+        else:
+            name = "calid_lightning.models.calid_spatial.CaLIDSpatial"
     module_name, _, class_name = name.rpartition(".")
     if not module_name.startswith("calid_lightning."):
         raise DataError(path, f"'{MODEL_CLASS_KEY}' names {name!r}, which is not a calid_lightning model")
@@ -379,7 +395,7 @@ def checkpoint_model_class(checkpoint: dict[str, Any], path: str | Path = "check
 
 
 def load_interpolator(path: str | Path, map_location: Any = "cpu") -> LatentInterpolatorBase:
-    """Load a CaLID checkpoint of either kind (spatial or 2D+T) in eval mode; the file names its class."""
+    """Load a CaLID checkpoint of any kind (spatial, 2D+T, pixel) in eval mode; the file names its class."""
     from lightning.fabric.utilities.cloud_io import _load as pl_load
 
     try:
