@@ -66,8 +66,10 @@ bench-data:  ## seconds per phantom subject, DataModule samples/s (0 and 2 worke
 	$(PY) benchmarks/bench_phantom.py
 	$(PY) benchmarks/bench_datamodule.py
 
-bench:  ## seconds per whole-volume x4 upsampling for each method (CHECKPOINT=... adds CaLID)
-	$(PY) benchmarks/bench_upsample.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(ARGS)
+# CPU: ARGS="--slices 4 --steps 10" keeps the pixel-space model to minutes; the defaults (50 steps) suit a GPU.
+bench:  ## s/volume x4 per method and the pixel/CaLID ratio (CHECKPOINT=, PIXEL_CHECKPOINT= or untrained)
+	$(PY) benchmarks/bench_upsample.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+		$(if $(PIXEL_CHECKPOINT),--pixel-checkpoint $(PIXEL_CHECKPOINT)) $(ARGS)
 
 clean:  ## remove runs, results and caches (keeps .venv and data)
 	rm -rf runs results cache lightning_logs wandb
