@@ -1,0 +1,134 @@
+"""Segmentation metrics against hand-computed values on tiny known masks, empty classes, LV volumes and EF."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import directed_hausdorff
+
+from calid_lightning.evaluation.segmentation import (
+    aggregate_segmentation,
+    lv_volumes,
+    segmentation_metrics,
+    volume_errors,
+)
+
+SPACING = (1.5, 1.0)  # mm along H (rows) and W (columns): anisotropic, so the axis order matters
+
+
+def squares(shift: tuple[int, int], label: int = 1, size: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """A 10 x 10 square of ``label`` (truth) and the same square moved by ``shift`` pixels (prediction)."""
+    truth = np.zeros((1, size, size), np.int64)
+    pred = np.zeros_like(truth)
+    truth[0, 4:14, 5:15] = label
+    pred[0, 4 + shift[0] : 14 + shift[0], 5 + shift[1] : 15 + shift[1]] = label
+    return pred, truth
+
+
+def scipy_hausdorff_mm(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float]) -> float:
+    """Symmetric (100th percentile) Hausdorff distance in mm of two 2D masks, by scipy."""
+    a = np.argwhere(pred) * np.asarray(spacing)
+    b = np.argwhere(truth) * np.asarray(spacing)
+    return max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0])
+
+
+@pytest.mark.parametrize(
+    ("shift", "hd_mm"),
+    [((2, 0), 2 * 1.5), ((0, 2), 2 * 1.0), ((0, 3), 3 * 1.0)],
+)
+def test_offset_squares_dice_and_hd95_by_hand(shift, hd_mm):
+    pred, truth = squares(shift)
+    metrics = segmentation_metrics(pred, truth, SPACING)
+    moved = max(shift)
+    # overlap (10 - moved) x 10 of two 100-pixel squares
+    assert metrics["dice_lv"][0] == pytest.approx(2 * (10 - moved) * 10 / 200, abs=1e-6)
+    # a pure shift: the leading edge's boundary pixels (10 of 36) lie `moved` pixels from the other square's
+    # edge along the shifted axis, no pixel lies farther, so HD95 = HD = the shift in mm
+    assert metrics["hd95_lv"][0] == pytest.approx(hd_mm, abs=1e-5)
+    assert metrics["hd95_lv"][0] == pytest.approx(scipy_hausdorff_mm(pred[0], truth[0], SPACING), abs=1e-5)
+    assert metrics["present_lv"].tolist() == [True]
+
+
+def test_hd95_is_the_95th_percentile_not_the_maximum():
+    truth = np.zeros((1, 40, 40), np.int64)
+    truth[0, 5:35, 5:35] = 2
+    pred = truth.copy()
+    pred[0, 18, 35:39] = 2  # a one-pixel spur of 4 pixels: few boundary points, far away
+    metrics = segmentation_metrics(pred, truth, (1.0, 1.0))
+    assert scipy_hausdorff_mm(pred[0], truth[0], (1.0, 1.0)) == pytest.approx(4.0)
+    assert metrics["hd95_myo"][0] < 1.0, "the spur is under 5 % of the boundary and must not set HD95"
+    assert metrics["dice_myo"][0] == pytest.approx(2 * 900 / (900 + 904), abs=1e-6)
+
+
+def test_perfect_prediction_and_tensor_inputs():
+    pred, truth = squares((0, 0), label=3)
+    metrics = segmentation_metrics(torch.from_numpy(pred), torch.from_numpy(truth), SPACING)
+    assert metrics["dice_rv"][0] == pytest.approx(1.0) and metrics["hd95_rv"][0] == 0.0
+
+
+def test_empty_classes():
+    truth = np.zeros((3, 20, 20), np.int64)
+    pred = np.zeros_like(truth)
+    truth[0, 2:8, 2:8] = 1  # slice 0: LV in truth, missed by the prediction
+    pred[1, 2:8, 2:8] = 1  # slice 1: LV only in the prediction (false positive)
+    truth[2, 2:8, 2:8] = 1  # slice 2: LV found exactly
+    pred[2, 2:8, 2:8] = 1
+    metrics = segmentation_metrics(pred, truth, SPACING)
+    diagonal = math.hypot(20 * 1.5, 20 * 1.0)
+    np.testing.assert_allclose(metrics["dice_lv"], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(metrics["hd95_lv"], [diagonal, diagonal, 0.0])
+    assert metrics["present_lv"].tolist() == [True, False, True]
+    for key in ("dice_myo", "hd95_myo", "dice_rv", "hd95_rv"):
+        assert np.isnan(metrics[key]).all(), f"{key}: absent in both must be NaN"
+
+    summary = aggregate_segmentation(metrics)
+    assert summary["dice_lv"] == pytest.approx(0.5), "the false-positive slice (no LV in truth) is ignored"
+    assert summary["hd95_lv"] == pytest.approx(diagonal / 2)
+    assert summary["slices_lv"] == 2 and summary["slices_rv"] == 0
+    assert math.isnan(summary["dice_rv"]) and math.isnan(summary["hd95_myo"])
+    assert summary["dice_mean"] == pytest.approx(0.5), "classes no truth slice holds are left out of the mean"
+
+
+def test_aggregate_over_concatenated_slices():
+    first = segmentation_metrics(*squares((2, 0)), SPACING)
+    second = segmentation_metrics(*squares((0, 0)), SPACING)
+    joined = {key: np.concatenate([first[key], second[key]]) for key in first}
+    summary = aggregate_segmentation(joined)
+    assert summary["dice_lv"] == pytest.approx((0.8 + 1.0) / 2, abs=1e-6)
+    assert summary["hd95_lv"] == pytest.approx(1.5, abs=1e-5)
+
+
+def test_bad_inputs_fail_clearly():
+    pred, truth = squares((0, 0))
+    with pytest.raises(ValueError, match="shapes differ"):
+        segmentation_metrics(pred[:, :10], truth, SPACING)
+    with pytest.raises(ValueError, match=r"labels outside 0\.\.3"):
+        segmentation_metrics(pred * 5, truth, SPACING)
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        segmentation_metrics(pred[0], truth[0], SPACING)
+    with pytest.raises(ValueError, match=r"spacing must be \(dx, dy\)"):
+        segmentation_metrics(pred, truth, (1.0, 1.0, 8.0))
+
+
+def test_lv_volumes_and_ejection_fraction_from_known_counts():
+    labels = np.zeros((4, 3, 10, 10), np.uint8)  # (Z, T, H, W)
+    labels[:, 0, :5, :6] = 1  # ED: 4 slices x 30 LV voxels = 120 voxels
+    labels[:2, 2, :5, :5] = 1  # ES (frame 2): 2 x 25 = 50 voxels
+    labels[:, 0, 6:, :] = 2  # myocardium and RV never count
+    labels[:, 2, 6:, :] = 3
+    spacing = (1.5, 2.0, 10.0)  # 30 mm^3 per voxel
+    edv, esv, ef = lv_volumes(labels, spacing, ed=0, es=2)
+    assert edv == pytest.approx(120 * 30 / 1000) and esv == pytest.approx(50 * 30 / 1000)
+    assert ef == pytest.approx(100 * (120 - 50) / 120)
+    assert math.isnan(lv_volumes(np.zeros_like(labels), spacing, 0, 2)[2])
+    with pytest.raises(ValueError, match="es frame 3 is out of range"):
+        lv_volumes(labels, spacing, 0, 3)
+
+    pred = labels.copy()
+    pred[0, 0, :5, :6] = 0  # one ED slice missed: 30 voxels fewer
+    errors = volume_errors(pred, labels, spacing, ed=0, es=2)
+    assert errors["edv_error_ml"] == pytest.approx(-30 * 30 / 1000)
+    assert errors["esv_error_ml"] == pytest.approx(0.0)
+    assert errors["ef_error"] == pytest.approx(100 * 40 / 90 - 100 * 70 / 120)
+    assert errors["true_edv_ml"] == pytest.approx(edv)
