@@ -10,7 +10,7 @@ PROFILE ?= quick
 DATA ?= data_modules/phantom.yaml
 PYTEST_FAST := -m "not slow and not ddp and not gpu"
 
-.PHONY: help install test test-slow lint format phantom train-vae train-spatial train-2dt evaluate upsample bench bench-data bench-train reproduce-table sweep clean
+.PHONY: help install test test-slow lint format phantom train-vae train-spatial train-2dt train-pixel train-segmenter evaluate upsample bench bench-data bench-train reproduce-table sweep clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -51,6 +51,12 @@ train-spatial:  ## train the spatial CaLID interpolator on the trained VAE
 
 train-2dt:  ## train the 2D+T CaLID interpolator on the trained VAE
 	$(CALID) fit -c experiments/calid_2dt.yaml -c $(DATA) $(call profile,calid_2dt) $(ARGS)
+
+train-pixel:  ## train the pixel-space diffusion interpolator (the latent-vs-pixel reference)
+	$(CALID) fit -c experiments/pixel_spatial.yaml -c $(DATA) $(call profile,pixel_spatial) $(ARGS)
+
+train-segmenter:  ## train the downstream segmenter on the dense ground-truth slices
+	$(CALID) fit -c experiments/segmenter.yaml -c $(DATA) $(call profile,segmenter) $(ARGS)
 
 evaluate:  ## held-out PSNR/SSIM of CaLID and the baselines at FACTOR (default 4) -> results/eval/
 	$(CALID) evaluate --data $(DATA) --checkpoint $(SPATIAL_CKPT) --factor $(or $(FACTOR),4) \
