@@ -24,6 +24,7 @@ from calid_lightning.data.readers.nifti import (
     load_image,
     load_labels,
     require_nifti,
+    subject_from_cine,
 )
 from calid_lightning.data.subject import CardiacSubject, DataError
 
@@ -118,19 +119,7 @@ class AcdcReader:
             "weight_kg": _info_float(info, "Weight"),
             "info": info,
         }
-        subject = CardiacSubject(
-            subject_id=subject_id,
-            image=cine.array,
-            spacing=cine.spacing,
-            affine=cine.affine,
-            ed_frame=ed,
-            es_frame=es,
-            source=directory,
-            labels=labels,
-            labelled_frames=labelled,
-            frame_duration_ms=cine.frame_duration_ms,
-            meta=meta,
-        )
+        subject = subject_from_cine(subject_id, cine, ed, es, directory, labels, labelled, meta)
         self._add_phantom_extras(subject, directory)
         return subject
 

@@ -22,6 +22,7 @@ from calid_lightning.data.readers.nifti import (
     load_labels,
     nifti_stem,
     require_nifti,
+    subject_from_cine,
 )
 from calid_lightning.data.subject import CardiacSubject, DataError
 
@@ -141,16 +142,4 @@ class MnmsReader:
             labels = load_labels(gt_path, cine.array.shape)
             labelled = tuple(dict.fromkeys((ed, es)))
             check_lv_inside_myocardium(labels, labelled, gt_path)
-        return CardiacSubject(
-            subject_id=subject_id,
-            image=cine.array,
-            spacing=cine.spacing,
-            affine=cine.affine,
-            ed_frame=ed,
-            es_frame=es,
-            source=directory,
-            labels=labels,
-            labelled_frames=labelled,
-            frame_duration_ms=cine.frame_duration_ms,
-            meta=meta,
-        )
+        return subject_from_cine(subject_id, cine, ed, es, directory, labels, labelled, meta)

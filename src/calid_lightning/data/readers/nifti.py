@@ -18,7 +18,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.openers import ImageOpener
 from scipy import ndimage
 
-from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY, DataError
+from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY, CardiacSubject, DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 INTERNAL_LABELS = frozenset({0, LV_CAVITY, MYOCARDIUM, RV_CAVITY})
@@ -254,3 +254,29 @@ def check_lv_inside_myocardium(labels: np.ndarray, frames: Iterable[int], path: 
             f"(myocardium share on the border: class 1 {lv_myo_share:.2f}, class 3 {rv_myo_share:.2f}); "
             "expected 1 LV cavity, 2 myocardium, 3 RV cavity (ACDC files use 1 RV, 3 LV)",
         )
+
+
+def subject_from_cine(
+    subject_id: str,
+    cine: Volume,
+    ed: int,
+    es: int,
+    source: Path,
+    labels: np.ndarray | None,
+    labelled: tuple[int, ...],
+    meta: dict,
+) -> CardiacSubject:
+    """The subject record of a cine read by :func:`load_image`: image, spacing, affine and timing from it."""
+    return CardiacSubject(
+        subject_id=subject_id,
+        image=cine.array,
+        spacing=cine.spacing,
+        affine=cine.affine,
+        ed_frame=ed,
+        es_frame=es,
+        source=source,
+        labels=labels,
+        labelled_frames=labelled,
+        frame_duration_ms=cine.frame_duration_ms,
+        meta=meta,
+    )

@@ -26,6 +26,7 @@ from calid_lightning.data.readers.nifti import (
     load_image,
     load_labels,
     require_nifti,
+    subject_from_cine,
 )
 from calid_lightning.data.subject import CardiacSubject, DataError
 
@@ -94,16 +95,4 @@ class UkbbReader:
             meta["es_frame_known"] = False
         if labels is not None and checked is not None:
             check_lv_inside_myocardium(labels, (ed, es) if seg4d is not None else labelled, checked)
-        return CardiacSubject(
-            subject_id=subject_id,
-            image=cine.array,
-            spacing=cine.spacing,
-            affine=cine.affine,
-            ed_frame=ed,
-            es_frame=es,
-            source=directory,
-            labels=labels,
-            labelled_frames=labelled,
-            frame_duration_ms=cine.frame_duration_ms,
-            meta=meta,
-        )
+        return subject_from_cine(subject_id, cine, ed, es, directory, labels, labelled, meta)
