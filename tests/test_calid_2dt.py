@@ -9,7 +9,6 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -21,7 +20,7 @@ from calid_lightning.models.calid_2dt import CaLID2DT, wrap_pad_time
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.conditioning import ConditionalDenoiser, condition_input
 from calid_lightning.models.latent_interpolator import MODEL_CLASS_KEY, load_interpolator
-from calid_lightning.models.vae import VAEModule
+from checkpoints import save_checkpoint, tiny_vae_checkpoint
 
 SIZE = 16
 LATENT = 4
@@ -73,19 +72,10 @@ def loader(shuffle: bool = False) -> DataLoader:
     return DataLoader(cine_examples(), batch_size=4, shuffle=shuffle)
 
 
-def save(module: lightning.LightningModule, path: Path) -> Path:
-    """A checkpoint as a plain dict (no Lightning hooks: no class name recorded)."""
-    state = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    torch.save({**state, "pytorch-lightning_version": lightning.__version__}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def vae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    vae = VAEModule(channels=(8, 8, 8), latent_channels=LATENT, norm_num_groups=4)
-    vae.compute_scale_factor([torch.cat([ex["target"].transpose(0, 1) for ex in cine_examples()])])
-    return save(vae, tmp_path_factory.mktemp("vae") / "vae.ckpt")
+    images = torch.cat([ex["target"].transpose(0, 1) for ex in cine_examples()])
+    return tiny_vae_checkpoint(tmp_path_factory.mktemp("vae") / "vae.ckpt", images)
 
 
 def make_model(vae_checkpoint: Path, **kwargs: object) -> CaLID2DT:
@@ -250,7 +240,8 @@ def test_checkpoint_round_trip_and_kind_detection(
     moved = vae_checkpoint.rename(vae_checkpoint.with_suffix(".moved"))
     try:
         loaded = load_interpolator(path)
-        bare = load_interpolator(save(model, tmp_path / "bare.ckpt"))  # no class entry: detected from weights
+        # no class entry: the kind is detected from the weights
+        bare = load_interpolator(save_checkpoint(model, tmp_path / "bare.ckpt"))
     finally:
         moved.rename(vae_checkpoint)
     assert type(loaded) is CaLID2DT and type(bare) is CaLID2DT and not loaded.training
@@ -270,7 +261,7 @@ def test_checkpoint_round_trip_and_kind_detection(
 def test_spatial_checkpoints_are_still_detected_as_spatial(vae_checkpoint: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     spatial = CaLIDSpatial(vae_checkpoint=str(vae_checkpoint), **UNET)
-    assert type(load_interpolator(save(spatial, tmp_path / "spatial.ckpt"))) is CaLIDSpatial
+    assert type(load_interpolator(save_checkpoint(spatial, tmp_path / "spatial.ckpt"))) is CaLIDSpatial
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
     with pytest.raises(DataError, match=r"junk\.ckpt"):
         load_interpolator(tmp_path / "junk.ckpt")

@@ -9,7 +9,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.conditioning import ConditionalDenoiser, condition_input
 from calid_lightning.models.diffusion import ddim_sample, make_schedulers, randn_like_from, training_target
-from calid_lightning.models.vae import VAEModule
+from checkpoints import tiny_vae_checkpoint
 
 SIZE = 16
 LATENT = 4
@@ -72,19 +71,8 @@ def loader(shuffle: bool = False) -> DataLoader:
 @pytest.fixture(scope="module")
 def vae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny VAE (factor 4, 4 latent channels) with a computed scale factor, as a Lightning checkpoint."""
-    torch.manual_seed(0)
-    vae = VAEModule(channels=(8, 8, 8), latent_channels=LATENT, norm_num_groups=4)
-    vae.compute_scale_factor([torch.stack([ex["target"] for ex in spatial_examples()])])
-    path = tmp_path_factory.mktemp("vae") / "vae.ckpt"
-    torch.save(
-        {
-            "state_dict": vae.state_dict(),
-            "hyper_parameters": dict(vae.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
-    return path
+    images = torch.stack([ex["target"] for ex in spatial_examples()])
+    return tiny_vae_checkpoint(tmp_path_factory.mktemp("vae") / "vae.ckpt", images)
 
 
 def make_model(vae_checkpoint: Path, **kwargs: object) -> CaLIDSpatial:

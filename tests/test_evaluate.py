@@ -6,7 +6,6 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pytest
 import torch
@@ -24,6 +23,7 @@ from calid_lightning.evaluation.heldout import (
     heldout_positions,
 )
 from calid_lightning.models.baselines import IMAGE_BASELINES, linear_upsample
+from checkpoints import save_checkpoint, tiny_vae_checkpoint
 
 PHANTOM = {"subjects": 3, "seed": 0, "size": [48, 48], "frames": 6}
 
@@ -164,19 +164,11 @@ def test_cli_rejects_a_bad_data_config(tmp_path: Path, capsys) -> None:
 def calid_checkpoint(tmp_path: Path) -> Path:
     """An untrained tiny CaLIDSpatial (VAE factor 4, U-Net (16, 32): size multiple 8) as a checkpoint."""
     from calid_lightning.models.calid_spatial import CaLIDSpatial
-    from calid_lightning.models.vae import VAEModule
 
-    torch.manual_seed(0)
-    vae = VAEModule(channels=(8, 8, 8), latent_channels=4, norm_num_groups=4)
-    vae.compute_scale_factor([torch.rand(4, 1, 32, 32)])
-    vae_path = tmp_path / "vae.ckpt"
-    version = {"pytorch-lightning_version": lightning.__version__}
-    torch.save({"state_dict": vae.state_dict(), "hyper_parameters": dict(vae.hparams), **version}, vae_path)
+    vae_path = tiny_vae_checkpoint(tmp_path / "vae.ckpt")
     unet = {"channels": (16, 32), "attention_levels": (False, True), "num_res_blocks": 1}
     model = CaLIDSpatial(vae_checkpoint=str(vae_path), norm_num_groups=8, num_head_channels=8, **unet)
-    path = tmp_path / "calid.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), **version}, path)
-    return path
+    return save_checkpoint(model, tmp_path / "calid.ckpt")
 
 
 def test_cli_calid_and_latent_blends(phantom_root: Path, tmp_path: Path, calid_checkpoint: Path) -> None:

@@ -22,6 +22,7 @@ from calid_lightning.inference.nifti_io import (
 )
 from calid_lightning.inference.upsample import factor_positions, spacing_positions
 from calid_lightning.models.baselines import linear_upsample
+from checkpoints import save_checkpoint, tiny_vae_checkpoint
 
 SPACING = (1.4, 1.6, 10.0)
 ORIGIN = (-40.0, 25.0, 60.0)
@@ -221,28 +222,18 @@ def test_cli_errors(tmp_path: Path, capsys) -> None:
 
 def test_cli_calid_checkpoint_end_to_end(tmp_path: Path) -> None:
     """An untrained tiny CaLID checkpoint through `calid upsample` (integration of the real model API)."""
-    import lightning
 
     from calid_lightning.models.calid_spatial import CaLIDSpatial
-    from calid_lightning.models.vae import VAEModule
 
-    def save(module: lightning.LightningModule, path: Path) -> Path:
-        state = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-        torch.save({**state, "pytorch-lightning_version": lightning.__version__}, path)
-        return path
-
-    torch.manual_seed(0)
-    vae = VAEModule(channels=(8, 8, 8), latent_channels=4, norm_num_groups=4)
-    vae.compute_scale_factor([torch.rand(8, 1, 16, 16)])
     model = CaLIDSpatial(
-        vae_checkpoint=str(save(vae, tmp_path / "vae.ckpt")),
+        vae_checkpoint=str(tiny_vae_checkpoint(tmp_path / "vae.ckpt")),
         channels=(16, 32),
         attention_levels=(False, True),
         num_res_blocks=1,
         norm_num_groups=8,
         num_head_channels=8,
     )
-    ckpt = save(model, tmp_path / "calid.ckpt")
+    ckpt = save_checkpoint(model, tmp_path / "calid.ckpt")
     src = write_oblique(tmp_path / "sparse.nii.gz", shape=(12, 10, 3), dtype=np.float32)
     out = tmp_path / "dense.nii.gz"
     args = ["--checkpoint", str(ckpt), "--input", str(src), "--output", str(out), "--factor", "2"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning
 import nibabel as nib
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from scipy.spatial.transform import Rotation
 from calid_lightning.cli import main as calid
 from calid_lightning.inference.nifti_io import frames_from_cine, read_sparse_stack, std_path
 from calid_lightning.models.calid_2dt import CaLID2DT
-from calid_lightning.models.vae import VAEModule
+from checkpoints import save_checkpoint, tiny_vae_checkpoint
 
 SPACING = (1.4, 1.6, 10.0)
 DT = 0.035
@@ -40,16 +39,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny 2D+T checkpoint as a plain dict (its kind must be detected from the weights)."""
     folder = tmp_path_factory.mktemp("ckpt")
 
-    def save(module: lightning.LightningModule, path: Path) -> Path:
-        state = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-        torch.save({**state, "pytorch-lightning_version": lightning.__version__}, path)
-        return path
-
-    torch.manual_seed(0)
-    vae = VAEModule(channels=(8, 8, 8), latent_channels=4, norm_num_groups=4)
-    vae.compute_scale_factor([torch.rand(8, 1, 16, 16)])
     model = CaLID2DT(
-        vae_checkpoint=str(save(vae, folder / "vae.ckpt")),
+        vae_checkpoint=str(tiny_vae_checkpoint(folder / "vae.ckpt")),
         channels=(16, 32),
         attention_levels=(False, True),
         num_res_blocks=1,
@@ -59,7 +50,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with torch.no_grad():  # a non-zero output layer: generated slices depend on the model
         for p in model.ema.module.unet.out.parameters():
             p.normal_(std=0.1)
-    return save(model, folder / "cine.ckpt")
+    return save_checkpoint(model, folder / "cine.ckpt")
 
 
 def test_cine_stack_layout_round_trip(tmp_path: Path) -> None:

@@ -1,0 +1,32 @@
+"""Tiny checkpoints for tests: a plain-dict saver and a small VAE with a computed latent scale factor.
+
+Import as ``from checkpoints import save_checkpoint, tiny_vae_checkpoint`` (tests/ is on the path, like
+``layouts``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning
+import torch
+
+from calid_lightning.models.vae import VAEModule
+
+
+def save_checkpoint(module: lightning.LightningModule, path: Path) -> Path:
+    """``module`` as a checkpoint dict saved without Lightning hooks (no model class name recorded)."""
+    state = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save({**state, "pytorch-lightning_version": lightning.__version__}, path)
+    return path
+
+
+def tiny_vae_checkpoint(path: Path, images: torch.Tensor | None = None) -> Path:
+    """A seeded VAE (factor 4, 4 latent channels) whose scale factor is computed from ``images``.
+
+    Without ``images`` the factor comes from ``torch.rand(8, 1, 16, 16)`` drawn after the VAE is built.
+    """
+    torch.manual_seed(0)
+    vae = VAEModule(channels=(8, 8, 8), latent_channels=4, norm_num_groups=4)
+    vae.compute_scale_factor([torch.rand(8, 1, 16, 16) if images is None else images])
+    return save_checkpoint(vae, path)
