@@ -77,5 +77,11 @@ bench:  ## s/volume x4 per method and the pixel/CaLID ratio (CHECKPOINT=, PIXEL_
 	$(PY) benchmarks/bench_upsample.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 		$(if $(PIXEL_CHECKPOINT),--pixel-checkpoint $(PIXEL_CHECKPOINT)) $(ARGS)
 
+reproduce-table:  ## the whole chain: data, models, evaluation, figures -> results/table.md (PROFILE=, DATA=)
+	$(CALID) reproduce --profile experiments/reproduce/$(PROFILE).yaml --data $(DATA) $(ARGS)
+
+bench-train:  ## training samples/s per model, data loading vs compute (ARGS="--models vae,calid_spatial")
+	$(PY) benchmarks/bench_train.py $(ARGS)
+
 clean:  ## remove runs, results and caches (keeps .venv and data)
 	rm -rf runs results cache lightning_logs wandb

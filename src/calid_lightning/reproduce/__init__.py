@@ -1,0 +1,1 @@
+"""`make reproduce-table`: the staged, cached pipeline from data to the results table."""

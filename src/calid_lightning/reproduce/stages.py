@@ -1,0 +1,221 @@
+"""The stages of `make reproduce-table` as commands: data -> training -> evaluation -> figures.
+
+Every stage is the ``calid`` command a user would type (training stages are ``calid fit`` with the experiment
+config, the data config, the profile's override config and one generated config that points logs and
+checkpoints into the table's run folder), so a failing stage can be re-run by hand from its log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from calid_lightning.reproduce.profile import Profile
+
+STAGE_NEEDING_VAE = ("calid_spatial", "calid_2dt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline.
+
+    Attributes:
+        name: unique stage name (``vae``, ``eval_spatial_x4``, ...).
+        argv: arguments of ``calid`` (or of the module in ``module``).
+        needs: stages that must finish first.
+        outputs: files the stage must leave behind to count as finished.
+        inputs: files whose contents enter the stage's cache key (configs).
+        run_dir: training stages: their folder (removed when stale, resumed when interrupted).
+        total_steps: training stages: ``max_steps``, for progress lines.
+        module: the Python module run with ``-m`` (``calid_lightning.cli`` unless said otherwise).
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+    outputs: tuple[Path, ...] = ()
+    inputs: tuple[Path, ...] = ()
+    run_dir: Path | None = None
+    total_steps: int | None = None
+    module: str = "calid_lightning.cli"
+
+    def command(self) -> list[str]:
+        """The process to start: this Python running :attr:`module` with :attr:`argv`."""
+        return [sys.executable, "-m", self.module, *self.argv]
+
+    def display(self) -> str:
+        """The command as a user would type it."""
+        head = "calid" if self.module == "calid_lightning.cli" else f"python -m {self.module}"
+        return " ".join([head, *self.argv])
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """Where a training stage's ``last.ckpt`` lands."""
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def training_overrides(
+    merged: dict[str, Any], stage: str, run_dir: Path, profile: str, vae_checkpoint: Path | None
+) -> dict[str, Any]:
+    """The generated config of a training stage: loggers, checkpoints and the VAE path moved into ``run_dir``.
+
+    ``merged`` is the experiment config merged with the profile's override config (lists replaced, as
+    LightningCLI does). Logger and callback lists are copied whole with only their paths changed, so every
+    other callback (guards, periodic checkpoints) stays as the experiment config has it.
+    """
+    trainer = merged.get("trainer") or {}
+    loggers = []
+    for logger in _as_list(trainer.get("logger")):
+        logger = dict(logger)
+        init = dict(logger.get("init_args") or {})
+        init["save_dir"] = str(run_dir)
+        if logger.get("class_path", "").endswith("WandbLogger"):
+            init |= {"name": f"{stage}-table-{profile}", "group": stage, "job_type": f"table-{profile}"}
+        else:
+            init["name"] = "csv"
+        loggers.append(logger | {"init_args": init})
+    callbacks = []
+    for callback in _as_list(trainer.get("callbacks")):
+        callback = dict(callback)
+        if callback.get("class_path", "").endswith("ModelCheckpoint"):
+            init = dict(callback.get("init_args") or {})
+            callback["init_args"] = init | {"dirpath": str(run_dir / "checkpoints")}
+        callbacks.append(callback)
+    overrides: dict[str, Any] = {"trainer": {"default_root_dir": str(run_dir)}}
+    if loggers:
+        overrides["trainer"]["logger"] = loggers
+    if callbacks:
+        overrides["trainer"]["callbacks"] = callbacks
+    model_init = (merged.get("model") or {}).get("init_args") or {}
+    if vae_checkpoint is not None and "vae_checkpoint" in model_init:
+        overrides["model"] = {"init_args": {"vae_checkpoint": str(vae_checkpoint)}}
+    return overrides
+
+
+def _max_steps(merged: dict[str, Any], args: tuple[str, ...]) -> int | None:
+    steps = (merged.get("trainer") or {}).get("max_steps")
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "--trainer.max_steps" and value:
+            steps = int(value)
+    return int(steps) if steps not in (None, -1) else None
+
+
+def training_stages(profile: Profile, run_root: Path) -> list[Stage]:
+    """One ``calid fit`` stage per model of the profile; writes their generated configs under ``run_root``."""
+    config_dir = run_root / "configs"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    stages = []
+    for name, spec in profile.train.items():
+        run_dir = run_root / name
+        extra = Path(profile.profile_dir) / f"{name}.yaml" if profile.profile_dir else None
+        configs = [Path(spec.config), *([extra] if extra and extra.is_file() else [])]
+        merged = OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.load(c) for c in configs)), resolve=True)
+        needs = tuple(spec.needs)
+        vae = last_checkpoint(run_root / "vae") if name in STAGE_NEEDING_VAE else None
+        if vae is not None and "vae" not in needs:
+            needs = ("vae", *needs)
+        generated = config_dir / f"{name}.yaml"
+        overrides = training_overrides(merged, name, run_dir, profile.name, vae)
+        generated.write_text(yaml.safe_dump(overrides, sort_keys=False))
+        argv = ["fit", "-c", spec.config, "-c", profile.data]
+        argv += [*(["-c", str(extra)] if extra and extra.is_file() else []), "-c", str(generated), *spec.args]
+        stages.append(
+            Stage(
+                name=name,
+                argv=tuple(argv),
+                needs=needs,
+                outputs=(last_checkpoint(run_dir),),
+                inputs=(*configs, Path(profile.data), generated),
+                run_dir=run_dir,
+                total_steps=_max_steps(merged, spec.args),
+            )
+        )
+    return stages
+
+
+def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[Stage]:
+    """Held-out evaluation (spatial, pixel, cine) and figure stages for the trained models of the profile."""
+    ev, trained = profile.evaluate, set(profile.train)
+    ckpt = {name: str(last_checkpoint(run_root / name)) for name in trained}
+    common = ["--data", profile.data, "--split", str(ev.get("split", "test")), "--quiet"]
+    steps = ["--steps", str(ev["steps"])] if ev.get("steps") else []
+    seg = ["--segmenter", ckpt["segmenter"]] if "segmenter" in trained else []
+    seg_needs = ("segmenter",) if seg else ()
+    eval_dir, figure_dir = results / "eval", results / "figures"
+    stages = []
+    for factor in ev["factors"]:
+        out = eval_dir / f"spatial_x{factor}.csv"
+        spatial = ["--checkpoint", ckpt["calid_spatial"]] if "calid_spatial" in trained else []
+        argv = ["evaluate", *common, *spatial, *seg, *steps, "--factor", str(factor)]
+        argv += ["--methods", ",".join(ev["methods"]), "--frames", str(ev.get("frames", "ed_es"))]
+        needs = (*(("calid_spatial",) if spatial else ()), *seg_needs)
+        stages.append(Stage(f"eval_spatial_x{factor}", (*argv, "--out", str(out)), needs, (out,)))
+    pixel = ev.get("pixel") or {}
+    if pixel and "pixel_spatial" in trained:
+        for factor in pixel.get("factors", ev["factors"]):
+            out = eval_dir / f"pixel_x{factor}.csv"
+            argv = ["evaluate", *common, "--pixel-checkpoint", ckpt["pixel_spatial"], *seg, *steps]
+            argv += [
+                "--factor",
+                str(factor),
+                "--methods",
+                "pixel",
+                "--frames",
+                str(pixel.get("frames", "ed_es")),
+            ]
+            needs = ("pixel_spatial", *seg_needs)
+            stages.append(Stage(f"eval_pixel_x{factor}", (*argv, "--out", str(out)), needs, (out,)))
+    cine = ev.get("cine") or {}
+    if cine and "calid_2dt" in trained:
+        factor = int(cine.get("factor", 4))
+        out, figure = eval_dir / f"cine_x{factor}.csv", figure_dir / f"intensity_over_time_x{factor}.png"
+        spatial = ["--checkpoint", ckpt["calid_spatial"]] if "calid_spatial" in trained else []
+        argv = ["evaluate-cine", *common, "--cine-checkpoint", ckpt["calid_2dt"], *spatial, *steps]
+        argv += ["--factor", str(factor), "--frames", str(cine.get("frames", 8))]
+        argv += ["--methods", ",".join(cine.get("methods", ["calid_2dt", "calid", "linear"]))]
+        needs = ("calid_2dt", *(("calid_spatial",) if spatial else ()))
+        argv += ["--out", str(out), "--figure", str(figure)]
+        stages.append(Stage(f"eval_cine_x{factor}", tuple(argv), needs, (out, figure)))
+    figures = profile.figures
+    if figures and "calid_spatial" in trained:
+        factor = int(figures.get("factor", 4))
+        argv = ["figures", "--data", profile.data, "--split", str(ev.get("split", "test")), *steps]
+        argv += ["--checkpoint", ckpt["calid_spatial"], "--factor", str(factor)]
+        argv += ["--samples", str(figures.get("samples", 4)), "--out", str(figure_dir)]
+        methods = list(figures.get("methods", ["calid", "linear", "nearest"]))
+        needs: tuple[str, ...] = ("calid_spatial",)
+        if "pixel" in methods and "pixel_spatial" in trained:
+            argv += ["--pixel-checkpoint", ckpt["pixel_spatial"]]
+            needs += ("pixel_spatial",)
+        else:
+            methods = [m for m in methods if m != "pixel"]
+        argv += ["--methods", ",".join(methods)]
+        names = ("comparison", "through_plane", "uncertainty")
+        outputs = tuple(figure_dir / f"{n}_x{factor}.png" for n in names)
+        stages.append(Stage(f"figures_x{factor}", tuple(argv), needs, outputs))
+    return stages
+
+
+def data_stage(profile: Profile) -> Stage:
+    """Generate the phantom (when the data config asks for it) and fill the prepared-subject cache once."""
+    argv = ("--data", profile.data, "--jobs", str(profile.jobs))
+    return Stage("data", argv, module="calid_lightning.reproduce.prepare", inputs=(Path(profile.data),))
+
+
+def plan(profile: Profile, run_root: Path, results: Path) -> list[Stage]:
+    """All stages of the profile: data, then training (needing data), evaluation and figures."""
+    data = data_stage(profile)
+    train = [dataclasses.replace(s, needs=("data", *s.needs)) for s in training_stages(profile, run_root)]
+    return [data, *train, *evaluation_stages(profile, run_root, results)]

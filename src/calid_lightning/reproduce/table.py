@@ -1,0 +1,186 @@
+"""The results table: per-subject evaluation CSVs reduced to mean +- std per method, as Markdown and CSV.
+
+Reads the ``*_subjects.csv`` files that ``calid evaluate`` (``spatial_x<k>``, ``pixel_x<k>``) and
+``calid evaluate-cine`` (``cine_x<k>``) write. Every metric is the mean +- sample std over test subjects of
+the subject means; seconds per volume is the median over subjects. The best method per column (the ``truth``
+ceiling excluded) is in bold. Columns a CSV lacks (no segmenter given) show ``-``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import re
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A table column: CSV field, header, whether higher is better, decimals, median instead of mean."""
+
+    field: str
+    header: str
+    higher_is_better: bool = True
+    digits: int = 2
+    median: bool = False
+
+
+SLICE_COLUMNS = (
+    Column("psnr", "PSNR dB"),
+    Column("ssim", "SSIM", digits=3),
+    Column("psnr_heart", "PSNR heart"),
+    Column("ssim_heart", "SSIM heart", digits=3),
+    Column("dice_lv", "Dice LV", digits=3),
+    Column("dice_myo", "Dice myo", digits=3),
+    Column("dice_rv", "Dice RV", digits=3),
+    Column("hd95_mean", "HD95 mm", higher_is_better=False, digits=1),
+    Column("abs_ef_error", "abs EF err pp", higher_is_better=False, digits=1),
+    Column("seconds_per_volume", "s/volume", higher_is_better=False, digits=3, median=True),
+)
+CINE_COLUMNS = (
+    Column("psnr", "PSNR dB"),
+    Column("ssim", "SSIM", digits=3),
+    Column("psnr_heart", "PSNR heart"),
+    Column("ssim_heart", "SSIM heart", digits=3),
+    Column("temporal_error", "temporal err", higher_is_better=False, digits=4),
+    Column("seconds_per_volume", "s/3D+t volume", higher_is_better=False, digits=3, median=True),
+)
+METHOD_ORDER = (
+    "calid",
+    "calid_2dt",
+    "calid_sequential",
+    "pixel",
+    "lerp",
+    "slerp",
+    "linear",
+    "cubic",
+    "nearest",
+)
+METHOD_NAMES = {
+    "calid": "CaLID (latent diffusion)",
+    "calid_sequential": "CaLID, sequential order",
+    "calid_2dt": "CaLID 2D+T",
+    "pixel": "pixel-space diffusion",
+    "lerp": "latent lerp (same VAE)",
+    "slerp": "latent slerp (same VAE)",
+    "linear": "linear in z (image)",
+    "cubic": "cubic in z (image)",
+    "nearest": "nearest slice",
+    "truth": "true slices (ceiling)",
+}
+CEILING = "truth"
+FILE_PATTERN = re.compile(r"^(spatial|pixel|cine)_x(\d+)_subjects\.csv$")
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def read_subject_rows(eval_dir: Path) -> dict[tuple[str, int], list[dict[str, str]]]:
+    """Per-subject rows grouped by ``(section, factor)``; section ``slices`` (spatial + pixel) or ``cine``."""
+    groups: dict[tuple[str, int], list[dict[str, str]]] = {}
+    for path in sorted(Path(eval_dir).glob("*_subjects.csv")):
+        match = FILE_PATTERN.match(path.name)
+        if not match:
+            continue
+        section = "cine" if match.group(1) == "cine" else "slices"
+        with path.open(newline="") as handle:
+            groups.setdefault((section, int(match.group(2))), []).extend(csv.DictReader(handle))
+    return groups
+
+
+def summarise(rows: Sequence[dict[str, str]], columns: Sequence[Column]) -> list[dict[str, object]]:
+    """One summary per method: subjects, and ``<field>`` (mean or median), ``<field>_std`` per column."""
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m == CEILING, *_rank(m)))
+    summaries = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        summary: dict[str, object] = {"method": method, "subjects": len({r["subject"] for r in mine})}
+        for column in columns:
+            values = [v for v in (_float(r.get(column.field)) for r in mine) if not math.isnan(v)]
+            if not values:
+                summary[column.field], summary[f"{column.field}_std"] = math.nan, math.nan
+            elif column.median:
+                summary[column.field], summary[f"{column.field}_std"] = statistics.median(values), math.nan
+            else:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                summary[column.field], summary[f"{column.field}_std"] = statistics.fmean(values), std
+        summaries.append(summary)
+    return summaries
+
+
+def _rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def markdown(summaries: Sequence[dict[str, object]], columns: Sequence[Column]) -> str:
+    """A Markdown table of :func:`summarise` output, best value per column in bold (ceiling excluded)."""
+    best: dict[str, float] = {}
+    for column in columns:
+        values = [
+            float(s[column.field])
+            for s in summaries
+            if s["method"] != CEILING and not math.isnan(float(s[column.field]))
+        ]
+        if len(values) > 1:
+            best[column.field] = max(values) if column.higher_is_better else min(values)
+    lines = [
+        "| method | n | " + " | ".join(c.header for c in columns) + " |",
+        "|---|---:|" + "---:|" * len(columns),
+    ]
+    for summary in summaries:
+        cells = []
+        for column in columns:
+            value, std = float(summary[column.field]), float(summary[f"{column.field}_std"])
+            if math.isnan(value):
+                cells.append("-")
+                continue
+            text = f"{value:.{column.digits}f}" + ("" if math.isnan(std) else f" ± {std:.{column.digits}f}")
+            is_best = summary["method"] != CEILING and best.get(column.field) == value
+            cells.append(f"**{text}**" if is_best else text)
+        name = METHOD_NAMES.get(str(summary["method"]), str(summary["method"]))
+        lines.append(f"| {name} | {summary['subjects']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_table(eval_dir: Path, title: str, notes: Sequence[str] = ()) -> tuple[str, list[dict[str, object]]]:
+    """``(markdown, csv rows)`` of every evaluation CSV in ``eval_dir``.
+
+    Raises ``FileNotFoundError`` naming the folder when it holds no evaluation CSV.
+    """
+    groups = read_subject_rows(eval_dir)
+    if not groups:
+        raise FileNotFoundError(f"{eval_dir}: no spatial_x*/pixel_x*/cine_x* _subjects.csv to tabulate")
+    parts, csv_rows = [f"# {title}", ""], []
+    for (section, factor), rows in sorted(
+        groups.items(), key=lambda item: (item[0][0] == "cine", item[0][1])
+    ):
+        columns = CINE_COLUMNS if section == "cine" else SLICE_COLUMNS
+        summaries = summarise(rows, columns)
+        heading = f"2D+T cines, gap factor x{factor}" if section == "cine" else f"Gap factor x{factor}"
+        parts += [f"## {heading}", "", markdown(summaries, columns), ""]
+        csv_rows += [{"section": section, "factor": factor} | s for s in summaries]
+    parts += [f"- {note}" for note in notes]
+    return "\n".join(parts).rstrip() + "\n", csv_rows
+
+
+def write_table(eval_dir: Path, out_dir: Path, title: str, notes: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write ``table.md`` and ``table.csv`` into ``out_dir`` from the CSVs of ``eval_dir``."""
+    text, rows = build_table(eval_dir, title, notes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
+    md_path.write_text(text)
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return md_path, csv_path

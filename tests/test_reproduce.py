@@ -1,0 +1,301 @@
+"""The reproduce pipeline: profile checks, stage planning, the cached resumable runner, the results table."""
+
+from __future__ import annotations
+
+import csv
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from calid_lightning.reproduce.profile import ProfileError, load_profile
+from calid_lightning.reproduce.runner import StageRunner, stage_keys, topological_order
+from calid_lightning.reproduce.stages import Stage, last_checkpoint, plan, training_overrides
+from calid_lightning.reproduce.table import build_table, write_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAKE_STAGE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    out, counter = Path(sys.argv[1]), Path(sys.argv[2])
+    counter.parent.mkdir(parents=True, exist_ok=True)
+    with counter.open("a") as handle:
+        handle.write(" ".join(sys.argv[3:]) + "\\n")
+    if "--fail" in sys.argv:
+        print("something broke in this stage")
+        raise SystemExit(3)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("ok")
+    """
+)
+
+
+@pytest.fixture
+def fake_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module ``fake_stage`` on the child processes' path: writes its output, logs each call."""
+    (tmp_path / "fake_stage.py").write_text(FAKE_STAGE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return "fake_stage"
+
+
+def stage(tmp_path: Path, name: str, needs: tuple[str, ...] = (), *extra: str, **kwargs) -> Stage:
+    out = tmp_path / "out" / f"{name}.txt"
+    argv = (str(out), str(tmp_path / "calls" / f"{name}.log"), *extra)
+    return Stage(name, argv, needs, (out,), module="fake_stage", **kwargs)
+
+
+def calls(tmp_path: Path, name: str) -> list[str]:
+    path = tmp_path / "calls" / f"{name}.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def quiet_runner(tmp_path: Path, jobs: int = 2) -> tuple[StageRunner, list[str]]:
+    lines: list[str] = []
+    return StageRunner(tmp_path / "state", jobs=jobs, heartbeat=1e9, echo=lines.append), lines
+
+
+def test_topological_order_and_bad_graphs(tmp_path: Path) -> None:
+    a, b, c = stage(tmp_path, "a"), stage(tmp_path, "b", ("c",)), stage(tmp_path, "c", ("a",))
+    assert [s.name for s in topological_order([b, c, a])] == ["a", "c", "b"]
+    with pytest.raises(ValueError, match="needs \\['zzz'\\]"):
+        topological_order([stage(tmp_path, "x", ("zzz",))])
+    with pytest.raises(ValueError, match="cycle"):
+        topological_order([stage(tmp_path, "x", ("y",)), stage(tmp_path, "y", ("x",))])
+    with pytest.raises(ValueError, match="two stages"):
+        topological_order([a, a])
+
+
+def test_keys_follow_inputs_and_upstream(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("a: 1")
+    stages = [stage(tmp_path, "a", inputs=(config,)), stage(tmp_path, "b", ("a",))]
+    before = stage_keys(stages)
+    config.write_text("a: 2")
+    after = stage_keys(stages)
+    assert before["a"] != after["a"] and before["b"] != after["b"]  # b follows from a
+    assert stage_keys(stages) == after
+
+
+def test_runner_caches_and_reruns_what_changed(tmp_path: Path, fake_module: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("steps: 1")
+    stages = [
+        stage(tmp_path, "a", inputs=(config,)),
+        stage(tmp_path, "b", ("a",)),
+        stage(tmp_path, "c"),
+    ]
+    runner, _ = quiet_runner(tmp_path)
+    assert runner.run(stages)
+    assert all(len(calls(tmp_path, n)) == 1 for n in "abc")
+
+    runner, lines = quiet_runner(tmp_path)
+    assert runner.run(stages)
+    assert all(len(calls(tmp_path, n)) == 1 for n in "abc")  # nothing ran again
+    assert sorted(runner.cached) == ["a", "b", "c"]
+    assert sum(line.startswith("skip") for line in lines) == 3
+
+    config.write_text("steps: 2")  # a's config changed: a and b run, c stays
+    runner, _ = quiet_runner(tmp_path)
+    assert runner.run(stages)
+    assert [len(calls(tmp_path, n)) for n in "abc"] == [2, 2, 1]
+
+    runner, _ = quiet_runner(tmp_path)
+    assert runner.run(stages, force=["a"])  # forced: a and what needs it
+    assert [len(calls(tmp_path, n)) for n in "abc"] == [3, 3, 1]
+
+    (tmp_path / "out" / "c.txt").unlink()  # an output gone: the stage is not finished
+    runner, _ = quiet_runner(tmp_path)
+    assert runner.run(stages)
+    assert len(calls(tmp_path, "c")) == 2
+
+
+def test_runner_stops_after_a_failure_and_shows_the_log(tmp_path: Path, fake_module: str) -> None:
+    stages = [stage(tmp_path, "bad", (), "--fail"), stage(tmp_path, "after", ("bad",))]
+    runner, lines = quiet_runner(tmp_path, jobs=1)
+    assert not runner.run(stages)
+    assert calls(tmp_path, "after") == []  # never started
+    text = "\n".join(lines)
+    assert "FAIL  bad (exit 3" in text and "something broke in this stage" in text
+    assert str(runner.log_path("bad")) in text
+    assert not (tmp_path / "state" / "stamps" / "bad.json").exists()
+
+
+def test_training_stage_resumes_or_starts_clean(tmp_path: Path, fake_module: str) -> None:
+    run_dir = tmp_path / "runs" / "vae"
+    train = stage(tmp_path, "vae", run_dir=run_dir)
+    key = stage_keys([train])["vae"]
+    checkpoint = last_checkpoint(run_dir)
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_text("weights")
+    started = tmp_path / "state" / "stamps" / "vae.started"
+    started.parent.mkdir(parents=True)
+    started.write_text(key)  # interrupted earlier with the same command: resume
+    runner, _ = quiet_runner(tmp_path)
+    assert runner.run([train])
+    assert calls(tmp_path, "vae")[-1] == f"--ckpt_path {checkpoint}"
+
+    (tmp_path / "state" / "stamps" / "vae.json").unlink()
+    started.write_text("another-key")  # started with other settings: wipe the folder, start afresh
+    runner, _ = quiet_runner(tmp_path)
+    assert runner.run([train])
+    assert calls(tmp_path, "vae")[-1] == ""
+    assert not checkpoint.exists()
+
+
+def test_training_overrides_move_paths_and_keep_other_callbacks(tmp_path: Path) -> None:
+    merged = {
+        "trainer": {
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"save_dir": "runs/x"}},
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/x"}},
+            ],
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": "runs/x/c"},
+                },
+                {"class_path": "calid_lightning.fault_tolerance.FiniteLossGuard"},
+            ],
+        },
+        "model": {"init_args": {"vae_checkpoint": "runs/vae/quick/checkpoints/last.ckpt", "lr": 1.0}},
+    }
+    run_dir = tmp_path / "calid_spatial"
+    out = training_overrides(merged, "calid_spatial", run_dir, "quick", tmp_path / "vae.ckpt")
+    loggers, callbacks = out["trainer"]["logger"], out["trainer"]["callbacks"]
+    assert [lg["init_args"]["save_dir"] for lg in loggers] == [str(run_dir)] * 2
+    assert loggers[1]["init_args"]["name"] == "csv"
+    assert callbacks[0]["init_args"]["dirpath"] == str(run_dir / "checkpoints")
+    assert callbacks[1] == merged["trainer"]["callbacks"][1]
+    assert out["model"] == {"init_args": {"vae_checkpoint": str(tmp_path / "vae.ckpt")}}
+    assert merged["trainer"]["logger"][0]["init_args"]["save_dir"] == "runs/x"  # input untouched
+    no_vae = training_overrides({"trainer": {"logger": False}}, "segmenter", run_dir, "quick", None)
+    assert "model" not in no_vae and "logger" not in no_vae["trainer"]
+
+
+def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    profile = load_profile("experiments/reproduce/quick.yaml")
+    stages = {s.name: s for s in plan(profile, tmp_path / "runs", tmp_path / "results")}
+    assert {"data", "vae", "segmenter", "calid_spatial", "calid_2dt", "pixel_spatial"} <= set(stages)
+    assert {"eval_spatial_x2", "eval_spatial_x4", "eval_pixel_x4", "eval_cine_x4", "figures_x4"} <= set(
+        stages
+    )
+    assert set(stages["calid_spatial"].needs) == {"data", "vae"}
+    assert set(stages["eval_spatial_x4"].needs) == {"calid_spatial", "segmenter"}
+    generated = yaml.safe_load((tmp_path / "runs" / "configs" / "calid_spatial.yaml").read_text())
+    assert generated["model"]["init_args"]["vae_checkpoint"] == str(
+        last_checkpoint(tmp_path / "runs" / "vae")
+    )
+    argv = stages["calid_spatial"].argv
+    assert argv[:3] == ("fit", "-c", "experiments/calid_spatial.yaml") and "--trainer.max_steps=1500" in argv
+    assert stages["eval_spatial_x4"].outputs == (tmp_path / "results" / "eval" / "spatial_x4.csv",)
+    topological_order(list(stages.values()))
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (
+            "name: q\ndata: data_modules/phantom.yaml\nevaluate: {factors: [4]}\ntrain: {gan: {config: x}}",
+            "train",
+        ),
+        (
+            "name: q\ndata: data_modules/phantom.yaml\nevaluate: {factors: [4]}\n"
+            "train: {vae: {config: experiments/missing.yaml}}",
+            "train.vae.config",
+        ),
+        (
+            "name: q\ndata: data_modules/phantom.yaml\nevaluate: {factors: [4]}\n"
+            "train: {calid_spatial: {config: experiments/calid_spatial.yaml, needs: [vae]}}",
+            "train.calid_spatial.needs",
+        ),
+        (
+            "name: q\ndata: data_modules/phantom.yaml\nevaluate: {factors: [1]}\n"
+            "train: {vae: {config: experiments/vae.yaml}}",
+            "evaluate.factors",
+        ),
+        (
+            "name: q\ndata: nowhere.yaml\nevaluate: {factors: [4]}\n"
+            "train: {vae: {config: experiments/vae.yaml}}",
+            "data",
+        ),
+        (
+            "name: q\ndata: data_modules/phantom.yaml\ntrain: {vae: {config: experiments/vae.yaml}}",
+            "evaluate",
+        ),
+    ],
+)
+def test_bad_profiles_name_file_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, field: str
+) -> None:
+    monkeypatch.chdir(REPO)
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    assert str(path) in str(info.value) and f"`{field}`" in str(info.value)
+
+
+def write_subjects(path: Path, rows: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_table_means_stds_best_and_missing_columns(tmp_path: Path) -> None:
+    rows = []
+    for subject, (calid, linear) in enumerate([(20.0, 21.0), (22.0, 21.0), (24.0, 21.0)]):
+        common = {"subject": f"p{subject}", "factor": 4}
+        rows.append(
+            common | {"method": "calid", "psnr": calid, "ssim": 0.7, "seconds_per_volume": 1 + subject}
+        )
+        rows.append(common | {"method": "linear", "psnr": linear, "ssim": 0.6, "seconds_per_volume": 0.01})
+        rows.append(common | {"method": "truth", "psnr": "nan", "ssim": "", "seconds_per_volume": 0})
+    write_subjects(tmp_path / "eval" / "spatial_x4_subjects.csv", rows)
+    cine = [{"subject": "p0", "method": "calid_2dt", "factor": 4, "psnr": 19.0, "temporal_error": 0.05}]
+    write_subjects(tmp_path / "eval" / "cine_x4_subjects.csv", cine)
+    write_subjects(tmp_path / "eval" / "unrelated_subjects.csv", [{"subject": "x", "method": "y"}])
+
+    text, csv_rows = build_table(tmp_path / "eval", "Test table", ["a note"])
+    by_method = {(r["section"], r["method"]): r for r in csv_rows}
+    calid = by_method[("slices", "calid")]
+    assert calid["psnr"] == pytest.approx(22.0) and calid["psnr_std"] == pytest.approx(2.0)
+    assert calid["seconds_per_volume"] == 2  # median
+    assert math.isnan(by_method[("slices", "truth")]["psnr"])
+    assert by_method[("cine", "calid_2dt")]["temporal_error"] == pytest.approx(0.05)
+    lines = text.splitlines()
+    calid_line = next(line for line in lines if line.startswith("| CaLID (latent diffusion)"))
+    linear_line = next(line for line in lines if line.startswith("| linear in z"))
+    assert "**22.00 ± 2.00**" in calid_line and "21.00 ± 0.00" in linear_line
+    assert "**0.700 ± 0.000**" in calid_line and "**" not in linear_line.split("|")[4]
+    truth_line = next(line for line in lines if line.startswith("| true slices"))
+    assert truth_line.count("-") >= 3 and "**" not in truth_line
+    assert "## Gap factor x4" in text and "## 2D+T cines, gap factor x4" in text and "- a note" in text
+    assert text.index("## Gap factor x4") < text.index("## 2D+T")
+
+    md, table_csv = write_table(tmp_path / "eval", tmp_path / "out", "Test table")
+    assert md.read_text().startswith("# Test table")
+    with table_csv.open() as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+    with pytest.raises(FileNotFoundError, match="no spatial_x"):
+        build_table(tmp_path / "empty", "x")
+
+
+def test_dry_run_lists_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from calid_lightning.reproduce.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["--dry-run", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr().out
+    assert "vae" in out and "to run" in out and "calid evaluate" in out
+    with pytest.raises(SystemExit) as info:
+        main(["--dry-run", "--runs", str(tmp_path / "runs"), "--force", "nonsense"])
+    assert info.value.code == 2
