@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import heldout_plan
 from calid_lightning.data.subject import LV_CAVITY
-from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS, subjects_path
+from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS, select_frames, subjects_path
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
     build_method,
@@ -185,3 +186,15 @@ def test_cli_calid_and_latent_blends(phantom_root: Path, tmp_path: Path, calid_c
     _, subject_rows = read_csv(subjects_path(out))
     assert [r["method"] for r in subject_rows] == ["calid", "lerp", "slerp"]
     assert all(float(r["seconds_per_volume"]) > 0 for r in subject_rows)
+
+
+def test_select_frames_names_and_indices() -> None:
+    prepared = dataclasses.replace(linear_subject(t=5), ed_frame=0, es_frame=3)
+    assert select_frames(prepared, "ed_es") == [0, 3]
+    assert select_frames(prepared, "ed") == [0] and select_frames(prepared, "es") == [3]
+    assert select_frames(prepared, "all") == [0, 1, 2, 3, 4]
+    assert select_frames(prepared, "4,1,1") == [1, 4]
+    with pytest.raises(ValueError, match=r"frames 0\.\.4"):
+        select_frames(prepared, "5")
+    with pytest.raises(ValueError, match="expected ed_es, ed, es, all"):
+        select_frames(prepared, "systole")

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.distance import directed_hausdorff
+from scipy.ndimage import binary_erosion
+from scipy.spatial.distance import cdist, directed_hausdorff
 
 from calid_lightning.evaluation.segmentation import (
     aggregate_segmentation,
@@ -132,3 +133,26 @@ def test_lv_volumes_and_ejection_fraction_from_known_counts():
     assert errors["esv_error_ml"] == pytest.approx(0.0)
     assert errors["ef_error"] == pytest.approx(100 * 40 / 90 - 100 * 70 / 120)
     assert errors["true_edv_ml"] == pytest.approx(edv)
+
+
+def reference_hd95_mm(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float]) -> float:
+    """HD95 by definition, without MONAI: boundary pixels (mask minus its 4-neighbour erosion), each
+    boundary's distances (mm) to the other boundary, the 95th percentile of each direction, the larger one."""
+    edges = [np.argwhere(m & ~binary_erosion(m)) * np.asarray(spacing) for m in (pred > 0, truth > 0)]
+    distances = cdist(*edges)
+    return max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95))
+
+
+def test_hd95_matches_a_reference_on_curved_shapes_with_anisotropic_spacing():
+    ys, xs = np.indices((48, 48))
+    truth = (np.hypot(ys - 22, xs - 24) <= 11).astype(np.int64)[None]  # a disc
+    pred = ((((ys - 25) / 8) ** 2 + ((xs - 22) / 13) ** 2) <= 1).astype(np.int64)[None]  # an offset ellipse
+    pred[0, 10:13, 40:44] = 1  # plus a small false-positive blob: HD95 must stay below the maximum
+    spacing = (1.8, 1.2)
+    metrics = segmentation_metrics(pred, truth, spacing)
+    expected = reference_hd95_mm(pred[0], truth[0], spacing)
+    assert metrics["hd95_lv"][0] == pytest.approx(expected, rel=1e-5)
+    assert expected < scipy_hausdorff_mm(pred[0], truth[0], spacing) - 1.0, "the test needs HD95 < HD"
+    assert metrics["dice_lv"][0] == pytest.approx(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+    transposed = segmentation_metrics(pred.transpose(0, 2, 1), truth.transpose(0, 2, 1), spacing[::-1])
+    assert transposed["hd95_lv"][0] == pytest.approx(expected, rel=1e-5), "spacing follows the axes"

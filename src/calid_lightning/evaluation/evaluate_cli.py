@@ -3,6 +3,7 @@
     calid evaluate --data data_modules/phantom.yaml --checkpoint CKPT --methods calid,lerp,slerp,linear \\
         --factor 4 --split test --frames ed_es --steps 50 --out results/eval/spatial_x4.csv
     calid evaluate --data data_modules/phantom.yaml --pixel-checkpoint PIXEL.ckpt --methods pixel,linear
+    calid evaluate --data data_modules/phantom.yaml --segmenter SEG.ckpt --methods truth,linear,nearest
 
 Writes the per-slice CSV (``--out``), the per-subject means (``<out stem>_subjects.csv``) and prints a
 Markdown table: mean +- std over subjects of each metric and the median seconds per volume (one frame's
@@ -10,6 +11,14 @@ Markdown table: mean +- std over subjects of each metric and the median seconds 
 Each method first runs once, untimed, on one frame of the first subject (warm-up). Methods that need a
 CaLID checkpoint are skipped, with a message, when ``--checkpoint`` is not given; ``pixel`` (the pixel-space
 diffusion interpolator) likewise without ``--pixel-checkpoint``.
+
+With ``--segmenter CKPT`` (a trained ``SegmenterModule``) every method's reconstructed slices are also
+segmented and scored against the true labels: the per-slice CSV gains ``dice_<c>`` / ``hd95_<c>`` (mm) for
+``c`` in lv, myo, rv, the per-subject CSV their means over the slices whose truth holds the class plus
+``dice_mean`` / ``hd95_mean``, and the LV volume errors ``edv_error_ml``, ``esv_error_ml``, ``ef_error``
+(signed, prediction - truth) and ``abs_ef_error`` of the reconstructed stack (NaN unless the frames include
+ED and ES). The method ``truth`` (the true held-out slices: the segmenter's ceiling; NaN image metrics,
+0 seconds) needs ``--segmenter``. Without ``--segmenter`` these columns are absent from both CSVs.
 """
 
 from __future__ import annotations
@@ -36,13 +45,19 @@ from calid_lightning.evaluation.heldout import (
     METHODS,
     PIXEL_METHODS,
     RECORD_FIELDS,
+    SEGMENTATION_FIELDS,
+    SEGMENTER_METHODS,
+    SUBJECT_SEGMENTATION_FIELDS,
+    Segmenter,
     Upsampler,
     build_method,
     evaluate_method,
+    evaluate_run,
 )
 from calid_lightning.evaluation.metrics import METRICS
 
 SUBJECT_FIELDS = ("subject", "method", "factor", "slices", *METRICS, "seconds_per_volume")
+TABLE_SEGMENTATION = (*SEGMENTATION_FIELDS, "abs_ef_error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,10 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", help="CaLIDSpatial checkpoint for calid, calid_sequential, lerp, slerp"
     )
     parser.add_argument("--pixel-checkpoint", help="PixelSpatial checkpoint for the method pixel")
+    parser.add_argument(
+        "--segmenter", help="SegmenterModule checkpoint: adds Dice / HD95 / LV volume errors and method truth"
+    )
     parser.add_argument("--methods", default="calid,lerp,slerp,linear,cubic,nearest", help="comma-separated")
     parser.add_argument("--factor", type=int, default=4, help="gap factor: keep every k-th slice")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
-    parser.add_argument("--frames", default="ed_es", help="ed_es, all, or comma-separated frame indices")
+    parser.add_argument("--frames", default="ed_es", help="ed_es, ed, es, all or frame indices (0,5)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -116,15 +134,20 @@ def build_datamodule(class_path: str, init_args: dict[str, Any]) -> CardiacDataM
 
 
 def select_frames(prepared: PreparedSubject, frames: str) -> list[int]:
-    """Frame indices of ``--frames``: ``ed_es``, ``all`` or explicit indices (checked against the cine)."""
-    if frames == "all":
-        return list(range(prepared.num_frames))
-    if frames == "ed_es":
-        return sorted({prepared.ed_frame, prepared.es_frame})
+    """Frame indices of ``--frames``: ``ed_es``, ``ed``, ``es``, ``all`` or explicit indices (checked)."""
+    named = {
+        "all": list(range(prepared.num_frames)),
+        "ed_es": sorted({prepared.ed_frame, prepared.es_frame}),
+        "ed": [prepared.ed_frame],
+        "es": [prepared.es_frame],
+    }
+    if frames in named:
+        return named[frames]
     try:
         chosen = sorted({int(f) for f in frames.split(",")})
     except ValueError:
-        raise ValueError(f"--frames {frames!r}: expected ed_es, all or comma-separated integers") from None
+        expected = "expected ed_es, ed, es, all or comma-separated integers"
+        raise ValueError(f"--frames {frames!r}: {expected}") from None
     bad = [f for f in chosen if not 0 <= f < prepared.num_frames]
     if bad:
         raise ValueError(
@@ -149,34 +172,49 @@ def warm_up(
         evaluate_method(method, upsampler, prepared, kept, heldout, first, steps, seed)
 
 
-def subject_rows(records: list[dict[str, Any]], seconds: float, frames: int) -> dict[str, Any]:
-    """One subject's per-slice records reduced to means (NaN-aware for the heart metrics)."""
+def load_segmenter(path: str, device: str) -> Segmenter:
+    """The frozen ``SegmenterModule`` of ``path`` on ``device``."""
+    from calid_lightning.models.segmenter import SegmenterModule
+
+    return SegmenterModule.load_frozen(path, map_location=device).to(device)
+
+
+def subject_rows(
+    records: list[dict[str, Any]], seconds: float, frames: int, summary: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """One subject's per-slice records reduced to means (NaN-aware for the heart metrics), plus ``summary``
+    (the per-subject segmentation means and volume errors of :class:`~.heldout.MethodRun`)."""
     row = {k: records[0][k] for k in ("subject", "method", "factor")} | {"slices": len(records)}
     for metric in METRICS:
         values = np.array([r[metric] for r in records], dtype=np.float64)
         row[metric] = float("nan") if np.isnan(values).all() else float(np.nanmean(values))
-    return row | {"seconds_per_volume": seconds / frames}
+    return row | {"seconds_per_volume": seconds / frames} | (summary or {})
 
 
 def summary_table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
-    """Markdown table: per method, mean +- std over subjects of each metric and median seconds per volume."""
+    """Markdown table: per method, mean +- std over subjects of each metric and median seconds per volume.
+
+    The image metrics always; per-class Dice / HD95 (mm) and ``abs_ef_error`` (percentage points) when the
+    rows carry them (``--segmenter``). ``n/a`` where a method has no finite value (``truth``'s PSNR).
+    """
+    columns = [*METRICS, *(c for c in TABLE_SEGMENTATION if rows and c in rows[0])]
     lines = [
-        "| method | subjects | " + " | ".join(METRICS) + " | s/volume (median) |",
-        "|---" * (len(METRICS) + 3) + "|",
+        "| method | subjects | " + " | ".join(columns) + " | s/volume (median) |",
+        "|---" * (len(columns) + 3) + "|",
     ]
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         if not mine:
             continue
         cells = []
-        for metric in METRICS:
+        for metric in columns:
             values = np.array([r[metric] for r in mine], dtype=np.float64)
             values = values[~np.isnan(values)]
             if values.size == 0:
                 cells.append("n/a")
                 continue
             std = values.std(ddof=1) if values.size > 1 else 0.0
-            digits = 3 if metric.startswith("ssim") else 2
+            digits = 3 if metric.startswith(("ssim", "dice")) else 2
             cells.append(f"{values.mean():.{digits}f} +- {std:.{digits}f}")
         seconds = statistics.median(r["seconds_per_volume"] for r in mine)
         lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + f" | {seconds:.3g} |")
@@ -206,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--methods {args.methods!r}: unknown {unknown}; choose from {', '.join(METHODS)}")
     if args.factor < 2:
         parser.error(f"--factor must be >= 2 (one held-out slice per gap), got {args.factor}")
-    for option, path in (("--checkpoint", args.checkpoint), ("--pixel-checkpoint", args.pixel_checkpoint)):
+    for option, path in (
+        ("--checkpoint", args.checkpoint),
+        ("--pixel-checkpoint", args.pixel_checkpoint),
+        ("--segmenter", args.segmenter),
+    ):
         if path and not Path(path).is_file():
             parser.error(f"{option} {path}: file not found")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -214,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = (
         (CHECKPOINT_METHODS, "--checkpoint", args.checkpoint),
         (PIXEL_METHODS, "--pixel-checkpoint", args.pixel_checkpoint),
+        (SEGMENTER_METHODS, "--segmenter", args.segmenter),
     )
     for needed, option, path in checkpoints:
         if path:
@@ -224,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = [m for m in methods if m not in needed]
     if not methods:
         parser.error(
-            "no method left to evaluate: pass --checkpoint / --pixel-checkpoint or an image method "
-            "(linear,cubic,nearest)"
+            "no method left to evaluate: pass --checkpoint / --pixel-checkpoint / --segmenter or an image "
+            "method (linear,cubic,nearest)"
         )
     try:
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
@@ -235,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             m: build_method(m, args.checkpoint, args.device, args.max_batch, args.pixel_checkpoint)
             for m in methods
         }
+        segmenter = load_segmenter(args.segmenter, args.device) if args.segmenter else None
         records: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         if args.warmup and subjects:
@@ -246,19 +290,28 @@ def main(argv: list[str] | None = None) -> int:
             frames = select_frames(prepared, args.frames)
             for method in methods:
                 bar.set_postfix_str(f"{subject_id} {method}")
-                found, seconds = evaluate_method(
-                    method, upsamplers[method], prepared, kept, heldout, frames, args.steps, args.seed
+                run = evaluate_run(
+                    method,
+                    upsamplers[method],
+                    prepared,
+                    kept,
+                    heldout,
+                    frames,
+                    args.steps,
+                    args.seed,
+                    segmenter=segmenter,
                 )
-                records += found
-                rows.append(subject_rows(found, seconds, len(frames)))
+                records += run.records
+                rows.append(subject_rows(run.records, run.seconds, len(frames), run.summary))
                 bar.update()
         bar.close()
     except (DataError, ValueError) as exc:
         print(f"calid evaluate: error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)
-    write_csv(out, RECORD_FIELDS, records)
-    write_csv(subjects_path(out), SUBJECT_FIELDS, rows)
+    seg_records, seg_subjects = (SEGMENTATION_FIELDS, SUBJECT_SEGMENTATION_FIELDS) if segmenter else ((), ())
+    write_csv(out, (*RECORD_FIELDS, *seg_records), records)
+    write_csv(subjects_path(out), (*SUBJECT_FIELDS, *seg_subjects), rows)
     print(f"wrote {out} ({len(records)} slices) and {subjects_path(out)} ({len(rows)} subject runs)")
     print(f"\nHeld-out slices, gap factor {args.factor}, split {args.split}, frames {args.frames}:\n")
     print(summary_table(rows, methods))

@@ -5,12 +5,19 @@ positions, ``(z - kept[0]) / factor`` in kept-slice-index units, and each genera
 the true slice at its index. Acquired slices are never scored: copies would inflate the numbers. Every method
 has the call shape ``at(stack, positions)`` of :class:`~calid_lightning.inference.upsample.EngineUpsampler`
 and the image baselines, with stacks ``(Z, N, 1, H, W)`` whose ``N`` items are the evaluated frames.
+
+With a frozen segmenter (``segmenter=``), the reconstructed slices are also segmented and scored against the
+true labels (Dice, HD95 in mm: :mod:`~calid_lightning.evaluation.segmentation`), and, when both ED and ES are
+evaluated, the LV volumes of the reconstructed stack (acquired slices segmented from the true images, held-out
+ones from the reconstructions) are compared with the true labels over the same slices. The method ``truth``
+feeds the true held-out slices through the same path: the segmenter's ceiling.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -19,8 +26,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from calid_lightning.data.datasets import labelled_frames
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.evaluation.metrics import METRICS, slice_heart_boxes, slice_metrics
+from calid_lightning.evaluation.segmentation import (
+    CLASS_KEYS,
+    aggregate_segmentation,
+    segmentation_metrics,
+    stack_volume_errors,
+)
 from calid_lightning.inference.interpolator import LatentBlend
 from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.baselines import IMAGE_BASELINES
@@ -28,14 +42,53 @@ from calid_lightning.models.baselines import IMAGE_BASELINES
 CHECKPOINT_METHODS = ("calid", "calid_sequential", "lerp", "slerp")
 PIXEL_METHODS = ("pixel",)
 IMAGE_METHODS = ("linear", "cubic", "nearest")
-METHODS = CHECKPOINT_METHODS + PIXEL_METHODS + IMAGE_METHODS
+SEGMENTER_METHODS = ("truth",)
+METHODS = CHECKPOINT_METHODS + PIXEL_METHODS + IMAGE_METHODS + SEGMENTER_METHODS
 RECORD_FIELDS = ("subject", "method", "factor", "frame", "z", *METRICS)
+SEGMENTATION_FIELDS = tuple(f"{m}_{c}" for m in ("dice", "hd95") for c in CLASS_KEYS.values())
+VOLUME_FIELDS = ("edv_error_ml", "esv_error_ml", "ef_error", "abs_ef_error")
+SUBJECT_SEGMENTATION_FIELDS = (
+    *(f"dice_{c}" for c in CLASS_KEYS.values()),
+    "dice_mean",
+    *(f"hd95_{c}" for c in CLASS_KEYS.values()),
+    "hd95_mean",
+    *VOLUME_FIELDS,
+)
 
 
 class Upsampler(Protocol):
     """Anything that returns the slices at ``positions`` of a ``(Z, N, 1, H, W)`` stack."""
 
     def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor: ...
+
+
+class Segmenter(Protocol):
+    """Anything that labels slices: ``predict(images (N, 1, H, W) in [0, 1]) -> labels (N, H, W)``."""
+
+    def predict(self, images: Tensor) -> Tensor: ...
+
+
+class TrueSlices:
+    """The ceiling method ``truth``: :func:`evaluate_run` scores the true held-out slices themselves.
+
+    It cannot upsample a stack from its kept slices alone, so :meth:`at` refuses.
+    """
+
+    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor:
+        raise TypeError("method 'truth' returns the true held-out slices; run it through evaluate_run")
+
+
+@dataclasses.dataclass
+class MethodRun:
+    """One method on one subject: per-slice records, upsampling seconds and per-subject segmentation summary.
+
+    ``summary`` holds :data:`SUBJECT_SEGMENTATION_FIELDS` (NaN where not computable) with a segmenter and
+    is empty without one.
+    """
+
+    records: list[dict[str, Any]]
+    seconds: float
+    summary: dict[str, float]
 
 
 @functools.lru_cache(maxsize=2)
@@ -66,9 +119,11 @@ def build_method(
     ``calid`` / ``calid_sequential`` run the CaLID model through the autoregressive engine in bisection /
     sequential order; ``lerp`` / ``slerp`` blend the same model's VAE latents; ``pixel`` runs the
     pixel-space diffusion interpolator (``pixel_checkpoint``) through the engine in bisection order;
-    ``linear``, ``cubic`` and ``nearest`` interpolate the images along z. Raises ``ValueError`` for an
-    unknown name or a missing checkpoint.
+    ``linear``, ``cubic`` and ``nearest`` interpolate the images along z; ``truth`` stands for the true
+    slices (:class:`TrueSlices`). Raises ``ValueError`` for an unknown name or a missing checkpoint.
     """
+    if name in SEGMENTER_METHODS:
+        return TrueSlices()
     if name in IMAGE_METHODS:
         return IMAGE_BASELINES[name]
     if name in PIXEL_METHODS:
@@ -121,11 +176,37 @@ def evaluate_method(
     steps: int | None = None,
     seed: int = 0,
     margin: int = 4,
+    segmenter: Segmenter | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Reconstruct the held-out slices of ``prepared`` at ``frames`` from the kept slices and score them.
 
-    Returns one record per held-out slice and frame (fields :data:`RECORD_FIELDS`) and the seconds the
-    upsampler took for the whole stack (all frames at once; VAE encode / decode included).
+    Returns one record per held-out slice and frame (fields :data:`RECORD_FIELDS`, plus
+    :data:`SEGMENTATION_FIELDS` with a ``segmenter``) and the seconds the upsampler took for the whole stack
+    (all frames at once; VAE encode / decode included). :func:`evaluate_run` also gives the per-subject
+    segmentation and volume summary.
+    """
+    run = evaluate_run(
+        method_name, upsampler, prepared, kept, heldout, frames, steps, seed, margin, segmenter
+    )
+    return run.records, run.seconds
+
+
+def evaluate_run(
+    method_name: str,
+    upsampler: Upsampler,
+    prepared: PreparedSubject,
+    kept: Sequence[int],
+    heldout: Sequence[int],
+    frames: Sequence[int],
+    steps: int | None = None,
+    seed: int = 0,
+    margin: int = 4,
+    segmenter: Segmenter | None = None,
+) -> MethodRun:
+    """:func:`evaluate_method` with the per-subject segmentation summary (see :class:`MethodRun`).
+
+    For :class:`TrueSlices` the "reconstruction" is the true slices: image metrics are NaN (they would
+    compare a slice with itself) and seconds 0.
     """
     factor, positions = heldout_positions(kept, heldout)
     kept_i, held_i, frames_i = list(map(int, kept)), list(map(int, heldout)), list(map(int, frames))
@@ -133,21 +214,87 @@ def evaluate_method(
     assert not set(kept_i) & set(held_i), "a held-out slice would enter the sparse input"
     truth = torch.from_numpy(np.ascontiguousarray(prepared.image[held_i][:, frames_i])).unsqueeze(2)
 
-    start = time.perf_counter()
-    generated = with_sampling(upsampler, steps, seed).at(stack, positions)
-    seconds = time.perf_counter() - start
+    if isinstance(upsampler, TrueSlices):
+        generated, seconds = truth, 0.0
+    else:
+        start = time.perf_counter()
+        generated = with_sampling(upsampler, steps, seed).at(stack, positions)
+        seconds = time.perf_counter() - start
     if generated.shape != truth.shape:
         raise ValueError(
             f"method {method_name!r} returned {tuple(generated.shape)}, expected {tuple(truth.shape)}"
         )
+    generated = generated.cpu()
 
     labels = prepared.labels
     true_labels = None if labels is None else labels[held_i][:, frames_i].reshape(-1, *labels.shape[-2:])
-    boxes = slice_heart_boxes(true_labels, labels, margin)
-    scores = slice_metrics(generated.flatten(0, 1).cpu(), truth.flatten(0, 1), boxes)
+    if isinstance(upsampler, TrueSlices):
+        nan = torch.full((generated.shape[0] * generated.shape[1],), math.nan, dtype=torch.float64)
+        scores: dict[str, Any] = dict.fromkeys(METRICS, nan)
+    else:
+        boxes = slice_heart_boxes(true_labels, labels, margin)
+        scores = slice_metrics(generated.flatten(0, 1), truth.flatten(0, 1), boxes)
+    summary: dict[str, float] = {}
+    if segmenter is not None:
+        segmented, summary = segment_reconstruction(segmenter, prepared, kept_i, held_i, frames_i, generated)
+        scores = scores | segmented
     records = []
     for i, (z, frame) in enumerate((z, f) for z in held_i for f in frames_i):
         record = {"subject": prepared.subject_id, "method": method_name, "factor": factor}
         record |= {"frame": frame, "z": z} | {k: float(v[i]) for k, v in scores.items()}
         records.append(record)
-    return records, seconds
+    return MethodRun(records, seconds, summary)
+
+
+def segment_reconstruction(
+    segmenter: Segmenter,
+    prepared: PreparedSubject,
+    kept: list[int],
+    heldout: list[int],
+    frames: list[int],
+    generated: Tensor,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-slice Dice / HD95 of the segmented reconstructions and the per-subject summary with LV volumes.
+
+    ``generated`` is ``(len(heldout), len(frames), 1, H, W)``, clamped to the data range [0, 1] before the
+    segmenter sees it. Slices of frames without true labels get NaN; the volumes need the subject's ED and
+    ES frames among ``frames`` and labelled, else they are NaN.
+    """
+    n_held, n_frames, _, height, width = generated.shape
+    per_slice = {key: np.full(n_held * n_frames, math.nan) for key in SEGMENTATION_FIELDS}
+    summary = dict.fromkeys(SUBJECT_SEGMENTATION_FIELDS, math.nan)
+    labelled = set(labelled_frames(prepared))
+    scored = [i for i, f in enumerate(frames) if f in labelled]
+    if prepared.labels is None or not scored:
+        return per_slice, summary
+    images = generated.clamp(0.0, 1.0).flatten(0, 1).float()
+    predicted = segmenter.predict(images).cpu().numpy().reshape(n_held, n_frames, height, width)
+    true_held = prepared.labels[heldout][:, [frames[i] for i in scored]]
+    metrics = segmentation_metrics(
+        predicted[:, scored].reshape(-1, height, width),
+        true_held.reshape(-1, height, width),
+        prepared.spacing[:2],
+    )
+    mask = np.tile(np.isin(np.arange(n_frames), scored), n_held)
+    for key in SEGMENTATION_FIELDS:
+        per_slice[key][mask] = metrics[key]
+    aggregate = aggregate_segmentation(metrics)
+    summary |= {key: aggregate[key] for key in SUBJECT_SEGMENTATION_FIELDS if key in aggregate}
+
+    ed, es = prepared.ed_frame, prepared.es_frame
+    if {ed, es} <= {frames[i] for i in scored}:
+        columns = [frames.index(ed), frames.index(es)]
+        kept_images = torch.from_numpy(np.ascontiguousarray(prepared.image[kept][:, [ed, es]]))
+        kept_predicted = segmenter.predict(kept_images.reshape(-1, 1, height, width)).cpu().numpy()
+        volumes = stack_volume_errors(
+            kept_predicted.reshape(len(kept), 2, height, width),
+            predicted[:, columns],
+            kept,
+            heldout,
+            prepared.labels[:, [ed, es]],
+            prepared.spacing,
+            ed=0,
+            es=1,
+        )
+        summary |= {key: volumes[key] for key in VOLUME_FIELDS}
+    return per_slice, summary

@@ -161,3 +161,45 @@ def volume_errors(
         "esv_error_ml": p_esv - t_esv,
         "ef_error": p_ef - t_ef,
     }
+
+
+def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    return array.cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
+def stack_volume_errors(
+    kept_labels: np.ndarray | torch.Tensor,
+    heldout_labels: np.ndarray | torch.Tensor,
+    kept: Sequence[int],
+    heldout: Sequence[int],
+    truth: np.ndarray | torch.Tensor,
+    spacing: Sequence[float],
+    ed: int,
+    es: int,
+) -> dict[str, float]:
+    """Volume errors of a reconstructed stack against the truth over the same slices, plus ``abs_ef_error``.
+
+    The predicted stack interleaves, by slice index, ``kept_labels`` ``(K, T, H, W)`` (labels at the
+    acquired slices ``kept``) and ``heldout_labels`` ``(M, T, H, W)`` (at the reconstructed slices
+    ``heldout``); together they must fill every slice from ``min(kept)`` to ``max(kept)``, the range a
+    reconstruction covers. ``truth`` is the ``(Z, T, H, W)`` label cine of the whole stack (same frames),
+    cut to that range. ``spacing``, ``ed`` and ``es`` as :func:`volume_errors`. Raises ``ValueError``
+    when the slices leave a gap or overlap.
+    """
+    kept_a, held_a = np.asarray(kept, dtype=np.int64), np.asarray(heldout, dtype=np.int64)
+    kept_l, held_l, true = (_as_numpy(x) for x in (kept_labels, heldout_labels, truth))
+    if kept_l.shape[0] != kept_a.size or held_l.shape[0] != held_a.size:
+        raise ValueError(
+            f"labels for {kept_l.shape[0]} kept / {held_l.shape[0]} held-out slices, "
+            f"but {kept_a.size} / {held_a.size} slice indices"
+        )
+    z = np.concatenate([kept_a, held_a])
+    first, last = int(kept_a.min()), int(kept_a.max())
+    if not np.array_equal(np.sort(z), np.arange(first, last + 1)):
+        raise ValueError(
+            f"kept {kept_a.tolist()} and held-out {held_a.tolist()} slices must fill "
+            f"{first}..{last} exactly once"
+        )
+    pred = np.concatenate([kept_l, held_l])[np.argsort(z)]
+    errors = volume_errors(pred, true[first : last + 1], spacing, ed, es)
+    return errors | {"abs_ef_error": abs(errors["ef_error"])}
