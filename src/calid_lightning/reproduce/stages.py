@@ -162,6 +162,22 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
         argv += ["--methods", ",".join(ev["methods"]), "--frames", str(ev.get("frames", "ed_es"))]
         needs = (*(("calid_spatial",) if spatial else ()), *seg_needs)
         stages.append(Stage(f"eval_spatial_x{factor}", (*argv, "--out", str(out)), needs, (out,)))
+    ablation = ev.get("steps_ablation") or {}
+    if ablation and "calid_spatial" in trained:
+        factor = int(ablation.get("factor", 4))
+        for count in ablation.get("steps", []):
+            out = eval_dir / f"steps{count}_x{factor}.csv"
+            argv = ["evaluate", *common, "--checkpoint", ckpt["calid_spatial"], "--steps", str(count)]
+            argv += [
+                "--factor",
+                str(factor),
+                "--methods",
+                "calid",
+                "--frames",
+                str(ev.get("frames", "ed_es")),
+            ]
+            name = f"eval_steps{count}_x{factor}"
+            stages.append(Stage(name, (*argv, "--out", str(out)), ("calid_spatial",), (out,)))
     pixel = ev.get("pixel") or {}
     if pixel and "pixel_spatial" in trained:
         for factor in pixel.get("factors", ev["factors"]):

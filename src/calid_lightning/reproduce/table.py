@@ -72,7 +72,7 @@ METHOD_NAMES = {
     "truth": "true slices (ceiling)",
 }
 CEILING = "truth"
-FILE_PATTERN = re.compile(r"^(spatial|pixel|cine)_x(\d+)_subjects\.csv$")
+FILE_PATTERN = re.compile(r"^(spatial|pixel|cine|steps(\d+))_x(\d+)_subjects\.csv$")
 
 
 def _float(value: str | None) -> float:
@@ -83,15 +83,19 @@ def _float(value: str | None) -> float:
 
 
 def read_subject_rows(eval_dir: Path) -> dict[tuple[str, int], list[dict[str, str]]]:
-    """Per-subject rows grouped by ``(section, factor)``; section ``slices`` (spatial + pixel) or ``cine``."""
+    """Per-subject rows by ``(section, factor)``: ``slices`` (spatial + pixel), ``cine`` or ``steps``."""
     groups: dict[tuple[str, int], list[dict[str, str]]] = {}
     for path in sorted(Path(eval_dir).glob("*_subjects.csv")):
         match = FILE_PATTERN.match(path.name)
         if not match:
             continue
-        section = "cine" if match.group(1) == "cine" else "slices"
+        kind, steps, factor = match.group(1), match.group(2), int(match.group(3))
+        section = {"cine": "cine", "spatial": "slices", "pixel": "slices"}.get(kind, "steps")
         with path.open(newline="") as handle:
-            groups.setdefault((section, int(match.group(2))), []).extend(csv.DictReader(handle))
+            rows = list(csv.DictReader(handle))
+        if steps:  # the DDIM-steps ablation: one CaLID row per step count
+            rows = [r | {"method": f"calid, {steps} DDIM steps"} for r in rows]
+        groups.setdefault((section, factor), []).extend(rows)
     return groups
 
 
@@ -115,8 +119,10 @@ def summarise(rows: Sequence[dict[str, str]], columns: Sequence[Column]) -> list
     return summaries
 
 
-def _rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+def _rank(method: str) -> tuple[int, int, str]:
+    steps = re.search(r"(\d+) DDIM steps", method)
+    position = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (position, int(steps.group(1)) if steps else 0, method)
 
 
 def markdown(summaries: Sequence[dict[str, object]], columns: Sequence[Column]) -> str:
@@ -158,12 +164,15 @@ def build_table(eval_dir: Path, title: str, notes: Sequence[str] = ()) -> tuple[
     if not groups:
         raise FileNotFoundError(f"{eval_dir}: no spatial_x*/pixel_x*/cine_x* _subjects.csv to tabulate")
     parts, csv_rows = [f"# {title}", ""], []
-    for (section, factor), rows in sorted(
-        groups.items(), key=lambda item: (item[0][0] == "cine", item[0][1])
-    ):
+    order = {"slices": 0, "steps": 1, "cine": 2}
+    for (section, factor), rows in sorted(groups.items(), key=lambda item: (order[item[0][0]], item[0][1])):
         columns = CINE_COLUMNS if section == "cine" else SLICE_COLUMNS
         summaries = summarise(rows, columns)
-        heading = f"2D+T cines, gap factor x{factor}" if section == "cine" else f"Gap factor x{factor}"
+        heading = {
+            "slices": f"Gap factor x{factor}",
+            "steps": f"Ablation: DDIM steps of CaLID, gap factor x{factor}",
+            "cine": f"2D+T cines, gap factor x{factor}",
+        }[section]
         parts += [f"## {heading}", "", markdown(summaries, columns), ""]
         csv_rows += [{"section": section, "factor": factor} | s for s in summaries]
     parts += [f"- {note}" for note in notes]
