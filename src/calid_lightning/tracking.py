@@ -23,6 +23,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from calid_lightning.distributed import describe_effective_batch, effective_batch
+
 PROJECT = "calid-lightning"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 RUN_CONFIG_FILE = "calid-config.yaml"  # the resolved config among a W&B run's files (`calid fit -c` takes it)
@@ -91,6 +93,10 @@ class LoggedConfigCallback(SaveConfigCallback):
     :data:`RUN_CONFIG_FILE`; a CSV log as ``config.yaml`` in its version folder.
 
     Runs on rank zero only (Lightning calls ``save_config`` there), so DDP ranks never open a second W&B run.
+
+    At the start of training it also logs the effective global batch size (per-device batch x devices x
+    nodes x gradient accumulation, see :func:`~calid_lightning.distributed.effective_batch`) to every
+    logger as hyperparameters and prints it on rank zero: the learning rate is never scaled with it.
     """
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -108,6 +114,25 @@ class LoggedConfigCallback(SaveConfigCallback):
                 path = Path(logger.log_dir) / self.config_filename
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Log the effective global batch size once the training loader exists (every rank calls it)."""
+        log_effective_batch(trainer)
+
+
+def log_effective_batch(trainer: Trainer) -> dict[str, Any] | None:
+    """Log the effective global batch size to every logger and print it on rank zero; returns it.
+
+    Loggers write on rank zero only, so calling this on every rank logs it once.
+    """
+    hparams = effective_batch(trainer)
+    if hparams is None:
+        return None
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+    if trainer.is_global_zero:
+        print(describe_effective_batch(hparams), flush=True)
+    return hparams
 
 
 def find_metrics_csv(folder: str | Path) -> Path | None:

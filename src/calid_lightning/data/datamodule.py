@@ -37,6 +37,7 @@ from calid_lightning.data.sampling import (
     usable_factors,
 )
 from calid_lightning.data.subject import CardiacSubject, DataError
+from calid_lightning.distributed import eval_sampler
 
 log = logging.getLogger(__name__)
 STACKS = ("auto", "acquired", "dense")
@@ -286,11 +287,12 @@ class CardiacDataModule(LightningDataModule):
             transform = build_augmentation(**(self.hparams.augment_options or {}))
         return ExampleBuilder(self.task, self.hparams.num_frames, self.hparams.time_multiple, transform)
 
-    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Any, shuffle: bool, sampler: Any = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
@@ -307,15 +309,20 @@ class CardiacDataModule(LightningDataModule):
         )
         return self._loader(dataset, shuffle=False)
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        """The fixed examples of ``split``; under DDP each rank gets a disjoint share, none repeated.
+
+        Lightning's default ``DistributedSampler`` would pad the last round with repeated examples, which
+        the synced metrics would then count twice (see :mod:`calid_lightning.distributed`).
+        """
+        dataset = EvalDataset(self.store, self.examples(split), self._builder(False))
+        return self._loader(dataset, shuffle=False, sampler=eval_sampler(dataset, self.trainer, split))
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader(
-            EvalDataset(self.store, self.examples("val"), self._builder(False)), shuffle=False
-        )
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(
-            EvalDataset(self.store, self.examples("test"), self._builder(False)), shuffle=False
-        )
+        return self._eval_loader("test")
 
 
 _CACHE_FIELDS = (
