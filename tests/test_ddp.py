@@ -28,12 +28,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from calid_lightning.cli import run_lightning_cli
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.phantom import PhantomConfig, write_dataset
-from calid_lightning.distributed import (
-    Float32SpatialAttention,
-    eval_sampler,
-    float32_attention,
-    global_batch_size,
-)
+from calid_lightning.distributed import eval_sampler, global_batch_size
+from calid_lightning.models.attention import Float32SpatialAttention, float32_attention
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.vae import VAEModule
 from calid_lightning.tracking import find_metrics_csv, read_metric_history

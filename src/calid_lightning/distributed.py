@@ -1,5 +1,4 @@
-"""Multi-process and mixed-precision training: evaluation that sees every example once, the effective
-global batch, attention kept in float32.
+"""Multi-process training: evaluation that sees every example once, and the effective global batch.
 
 Lightning gives validation and test loaders a ``DistributedSampler``, which pads the last round by repeating
 examples so every rank gets as many; torchmetrics and ``self.log(..., sync_dist=True)`` then count those
@@ -10,12 +9,7 @@ to ``use_distributed_sampler``.
 
 The learning rate is never scaled with the number of processes: :func:`effective_batch` reports the global
 batch ``batch size x devices x nodes x gradient accumulation`` so a run's log says what each step averaged.
-
-Under ``16-mixed`` the attention logits ``q . k`` of MONAI's self-attention blocks are computed in float16
-before scaling and can overflow to inf (then NaN after the softmax). MONAI's ``upcast_attention`` does not
-help here: it reaches only the cross-attention blocks (``with_conditioning=True``), and its cast would be
-undone by autocast anyway. :func:`float32_attention` runs each ``SpatialAttentionBlock`` in float32 with
-autocast off; the state_dict is unchanged.
+Mixed precision: see :mod:`calid_lightning.models.attention`.
 """
 
 from __future__ import annotations
@@ -23,11 +17,8 @@ from __future__ import annotations
 from collections.abc import Sized
 from typing import Any
 
-import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from monai.networks.blocks.spatialattention import SpatialAttentionBlock
-from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 
@@ -97,23 +88,3 @@ def describe_effective_batch(hparams: dict[str, Any]) -> str:
         f"{hparams['accumulate_grad_batches']} accumulated; the learning rate is used as configured "
         "(not scaled with the global batch)."
     )
-
-
-class Float32SpatialAttention(SpatialAttentionBlock):
-    """MONAI's ``SpatialAttentionBlock`` computed in float32 with autocast off; returns the input's dtype."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return super().forward(x.float()).to(x.dtype)
-
-
-def float32_attention(module: nn.Module) -> int:
-    """Make every ``SpatialAttentionBlock`` inside ``module`` run in float32; returns how many there are.
-
-    Changes the blocks' class in place (same parameters and state_dict keys), so copies made afterwards
-    (an EMA shadow) and checkpoints reloaded into a module built the same way keep the behaviour.
-    """
-    blocks = [m for m in module.modules() if type(m) is SpatialAttentionBlock]
-    for block in blocks:
-        block.__class__ = Float32SpatialAttention
-    return len(blocks)

@@ -157,6 +157,7 @@ class CardiacDataModule(LightningDataModule):
         max_eval_examples: int | None = None,
     ) -> None:
         super().__init__()
+        self.prepare_data_per_node = False  # one writer of the phantom per job, not per node
         self.save_hyperparameters()
         if task not in TASKS:
             raise ValueError(f"data.task must be one of {TASKS}, got {task!r}")

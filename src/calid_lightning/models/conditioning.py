@@ -22,6 +22,8 @@ from monai.networks.nets import ControlNet, DiffusionModelUNet
 from monai.networks.utils import copy_model_state
 from torch import Tensor, nn
 
+from calid_lightning.models.attention import float32_attention
+
 
 def condition_input(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
     """Stack the neighbour latents and a constant r channel: (B, C, *S) x2 + (B,) -> (B, 2C + 1, *S)."""
@@ -75,6 +77,7 @@ class ConditionalDenoiser(nn.Module):
                 **net_args,
             )
             copy_model_state(self.controlnet, self.unet)
+        float32_attention(self)  # 16-mixed: attention logits would overflow in float16
 
     @property
     def injection(self) -> bool:

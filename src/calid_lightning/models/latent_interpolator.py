@@ -291,7 +291,13 @@ class LatentInterpolatorBase(LightningModule):
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
         loss, _ = self._diffusion_loss(batch, generator)
         self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["r"].shape[0]
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch["r"].shape[0],
         )
         return loss
 

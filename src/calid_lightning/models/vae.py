@@ -24,6 +24,7 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from calid_lightning.models.attention import float32_attention
 from calid_lightning.models.losses import build_perceptual_loss, kl_divergence
 
 
@@ -153,6 +154,7 @@ class VAEModule(LightningModule):
             with_encoder_nonlocal_attn=nonlocal_attn,
             with_decoder_nonlocal_attn=nonlocal_attn,
         )
+        float32_attention(self.autoencoder)  # 16-mixed: attention logits would overflow in float16
         self.discriminator: nn.Module | None = None
         if adv_weight > 0:
             self.discriminator = PatchDiscriminator(
@@ -300,11 +302,14 @@ class VAEModule(LightningModule):
     def _step(self, optimizer: Any, loss: Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.hparams.grad_clip_norm:
+        optimizer.step()
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Manual optimisation: clip here, after the precision plugin unscaled the gradients (16-mixed)."""
+        if not self.automatic_optimization and self.hparams.grad_clip_norm:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm"
             )
-        optimizer.step()
 
     def _log_train(self, parts: dict[str, Tensor], batch_size: int) -> None:
         self.log_dict(
