@@ -80,7 +80,8 @@ bench:  ## s/volume x4 per method and the pixel/CaLID ratio (CHECKPOINT=, PIXEL_
 reproduce-table:  ## the whole chain: data, models, evaluation, figures -> results/table.md (PROFILE=, DATA=)
 	$(CALID) reproduce --profile experiments/reproduce/$(PROFILE).yaml --data $(DATA) $(ARGS)
 
-bench-train:  ## training samples/s per model, data loading vs compute (ARGS="--models vae,calid_spatial")
+# CPU: ARGS="--threads 2 --steps 5 --batches 20"; GPU: ARGS="--profile paper" (fp32 and bf16-mixed)
+bench-train:  ## training samples/s per model, data loading vs compute share
 	$(PY) benchmarks/bench_train.py $(ARGS)
 
 clean:  ## remove runs, results and caches (keeps .venv and data)
