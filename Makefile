@@ -28,12 +28,12 @@ test-slow:  ## the slow, DDP and end-to-end tests
 	$(PY) -m pytest -q -m "slow or ddp"
 
 lint:  ## ruff check and format check
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 format:  ## apply ruff fixes and formatting
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
 
 CALID := $(VENV)/bin/calid
 # Profile overrides come last so they win over the data config: PROFILE=paper uses the GPU-cluster sizes.
