@@ -14,7 +14,10 @@ TOOLS: dict[str, str] = {
     "phantom": "calid_lightning.data.phantom_cli",
     "upsample": "calid_lightning.inference.upsample_cli",
     "evaluate": "calid_lightning.evaluation.evaluate_cli",
+    "figures": "calid_lightning.evaluation.figures",
+    "evaluate-cine": "calid_lightning.evaluation.cine_eval",
     "sweep": "calid_lightning.sweep",
+    "reproduce": "calid_lightning.reproduce.cli",
 }
 
 

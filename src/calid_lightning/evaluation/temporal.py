@@ -11,6 +11,7 @@ for cines that cover the whole periodic cycle.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,50 @@ def plot_intensity_over_time(
     ax.set_ylabel(f"mean intensity ({where})" if point is None else "intensity")
     ax.set_title(title or f"intensity over time (temporal error {error:.4f})")
     ax.legend(frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_methods_over_time(
+    preds: Mapping[str, ArrayLike],
+    truth: ArrayLike,
+    path: str | Path,
+    mask: ArrayLike | None = None,
+    frames: Sequence[int] | None = None,
+    cyclic: bool = False,
+    title: str | None = None,
+    region: str | None = None,
+) -> Path:
+    """Plot several methods' ``(T, H, W)`` cines of one slice over time against the truth; write ``path``.
+
+    Each curve is the mean intensity over ``mask`` (else the truth's :func:`moving_region`); the legend gives
+    each method's temporal-coherence error (``cyclic`` as in :func:`temporal_coherence_error`). ``frames``
+    labels the x axis with the cine's frame indices (default ``0 .. T-1``); ``region`` names the mask on the
+    y axis (e.g. "heart box").
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not preds:
+        raise ValueError("need at least one method's prediction to plot")
+    x = np.arange(_as_tensor(truth).shape[0]) if frames is None else np.asarray(frames)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    for i, (name, pred) in enumerate(preds.items()):
+        generated, reference = intensity_over_time(pred, truth, mask=mask)
+        error = temporal_coherence_error(pred, truth, cyclic)
+        ax.plot(x, generated, f"C{i}--s", ms=3, label=f"{name} ({error:.4f})")
+    ax.plot(x, reference, "k-o", ms=3, label="truth")
+    ax.set_xlabel("frame")
+    region = region or ("mask" if mask is not None else "moving region")
+    ax.set_ylabel(f"mean intensity ({region})")
+    ax.set_title(title or "intensity over time", fontsize=9)
+    ax.legend(frameon=False, fontsize=7, title="method (temporal error)", title_fontsize=7)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
