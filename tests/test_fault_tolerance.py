@@ -1,0 +1,669 @@
+"""Fault tolerance: NaN/Inf guard, RNG states in checkpoints, exact resume after SIGKILL, SLURM requeue,
+checkpoint rotation in the experiment configs, ``weights_only`` loading.
+
+The ``calid fit`` runs (slow) are subprocesses on a 3-subject 64x64 phantom at 32x32 crops, 12 steps with a
+checkpoint every 4. With the DataModule as it is, epochs are 4 batches long so that every checkpoint ends an
+epoch: Lightning restarts a plain DataLoader's epoch at index 0, so a mid-epoch resume is exact only with
+:class:`ResumableDataLoader` (tested with 6-batch epochs through a DataModule subclass that uses it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from calid_lightning.fault_tolerance import (
+    FiniteLossGuard,
+    NonFiniteLossError,
+    ResumableDataLoader,
+    RNGStateCheckpoint,
+    checkpoint_dirs,
+    main,
+    resume_checkpoint,
+)
+from checkpoints import tiny_vae_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
+PAPER = REPO / "experiments" / "profiles" / "paper"
+FT = "calid_lightning.fault_tolerance"
+
+
+# ---- tiny in-process models ------------------------------------------------------------------------------
+class RandomDraws(Dataset):
+    """Like the DataModule's TrainDataset: each item comes from a draw of the torch RNG and its index."""
+
+    def __init__(self, length: int = 4) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.randn(3) + index
+
+
+class Tiny(LightningModule):
+    """A linear model with noise in its loss; ``nan_at`` makes the loss NaN at that global step."""
+
+    def __init__(self, nan_at: int | None = None, nan_metric_at: int | None = None) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        self.nan_at, self.nan_metric_at = nan_at, nan_metric_at
+        self.optimizer_steps = 0
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = (self.layer(batch) - torch.randn(batch.shape[0], 1)).square().mean()
+        if self.global_step == self.nan_at:
+            loss = loss * float("nan")
+        aux = float("inf") if self.global_step == self.nan_metric_at else 1.0
+        self.log_dict({"train/loss": loss, "train/aux": aux}, on_step=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.optimizer_steps += 1
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def tiny_trainer(root: Path, max_steps: int, callbacks: list, every: int = 1, **kwargs: Any) -> Trainer:
+    checkpoint = ModelCheckpoint(
+        dirpath=root / "checkpoints",
+        filename="{step}",
+        every_n_train_steps=every,
+        monitor="step",
+        mode="max",
+        save_top_k=2,
+        save_last=True,
+    )
+    return Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[*callbacks, checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        **kwargs,
+    )
+
+
+def test_guard_stops_before_a_nan_loss_reaches_the_weights(tmp_path: Path) -> None:
+    model = Tiny(nan_at=2)
+    trainer = tiny_trainer(tmp_path, 10, [FiniteLossGuard()], precision="bf16-mixed")
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(model, DataLoader(RandomDraws(), batch_size=2))
+    message = str(error.value)
+    assert "global step 2" in message and "loss" in message and "nan" in message
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert f"--ckpt_path {last}" in message
+    assert all(hint in message for hint in ("learning rate", "gradient_clip_val", "precision=32-true"))
+    assert trainer.global_step == 2 and model.optimizer_steps == 2  # the third step never ran
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == 2
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(saved["state_dict"][name], value, rtol=0, atol=0)
+
+
+def test_guard_stops_on_a_non_finite_logged_metric(tmp_path: Path) -> None:
+    model = Tiny(nan_metric_at=1)
+    trainer = tiny_trainer(tmp_path, 10, [FiniteLossGuard()])
+    with pytest.raises(NonFiniteLossError, match=r"global step 2 .*train/aux = inf.*optimizer step") as error:
+        trainer.fit(model, DataLoader(RandomDraws(), batch_size=2))
+    assert "precision" not in str(error.value)  # already full precision
+    assert model.optimizer_steps == 2
+
+
+def test_guard_lets_finite_runs_finish(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path, 4, [FiniteLossGuard()])
+    trainer.fit(Tiny(), DataLoader(RandomDraws(), batch_size=2))
+    assert trainer.global_step == 4
+
+
+def _fit_tiny(
+    root: Path,
+    max_steps: int,
+    callbacks: list,
+    ckpt_path: Path | None = None,
+    length: int = 4,
+    loader: type[DataLoader] = DataLoader,
+) -> Tiny:
+    seed_everything(0)
+    model = Tiny()
+    trainer = tiny_trainer(root, max_steps, callbacks, every=2)
+    trainer.fit(model, loader(RandomDraws(length), batch_size=2), ckpt_path=ckpt_path)
+    return model
+
+
+def _same_weights(a: LightningModule, b: LightningModule) -> bool:
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    return all(torch.equal(x, y) for x, y in pairs)
+
+
+@pytest.mark.parametrize("with_rng", [True, False], ids=["rng-restored", "rng-not-restored"])
+def test_rng_states_make_an_epoch_boundary_resume_exact(tmp_path: Path, with_rng: bool) -> None:
+    """Data and noise drawn from the global RNG: resumed weights equal the uninterrupted ones only with it."""
+    callbacks = [RNGStateCheckpoint()] if with_rng else []
+    straight = _fit_tiny(tmp_path / "a", 6, list(callbacks))
+    half = tmp_path / "a" / "checkpoints" / "step=4.ckpt"
+    assert "RNGStateCheckpoint" in torch.load(half, weights_only=True)["callbacks"] or not with_rng
+    resumed = _fit_tiny(tmp_path / "b", 6, [RNGStateCheckpoint()] if with_rng else [], half)
+    assert _same_weights(straight, resumed) == with_rng
+
+
+@pytest.mark.parametrize("resumable", [True, False], ids=["resumable-loader", "plain-loader"])
+def test_mid_epoch_resume_is_exact_with_a_resumable_loader(tmp_path: Path, resumable: bool) -> None:
+    """6-batch epochs, resumed at step 8: a plain DataLoader restarts the epoch at index 0."""
+    loader = ResumableDataLoader if resumable else DataLoader
+    straight = _fit_tiny(tmp_path / "a", 10, [RNGStateCheckpoint()], length=12, loader=loader)
+    half = tmp_path / "a" / "checkpoints" / "step=8.ckpt"
+    saved = torch.load(half, weights_only=True)
+    assert not saved["callbacks"]["RNGStateCheckpoint"]["epoch_end"]
+    resumed = _fit_tiny(tmp_path / "b", 10, [RNGStateCheckpoint()], half, length=12, loader=loader)
+    assert _same_weights(straight, resumed) == resumable
+
+
+def test_rng_state_round_trip_covers_torch_numpy_python() -> None:
+    import random
+
+    import numpy as np
+
+    callback = RNGStateCheckpoint()
+    seed_everything(3)
+    state = callback.state_dict()
+    expected = (torch.rand(2), np.random.rand(2), random.random())
+    torch.rand(5), np.random.rand(5), random.random()
+    callback.load_state_dict(state)
+    callback.on_train_epoch_start(None, None)  # type: ignore[arg-type]
+    again = (torch.rand(2), np.random.rand(2), random.random())
+    assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all() and expected[2] == again[2]
+
+
+# ---- experiment configs ------------------------------------------------------------------------------------
+def _callbacks(path: Path) -> list[dict]:
+    return yaml.safe_load(path.read_text())["trainer"]["callbacks"]
+
+
+def _build(callback: dict) -> Any:
+    module, _, name = callback["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**(callback.get("init_args") or {}))
+
+
+@pytest.mark.parametrize(
+    "path",
+    EXPERIMENTS + sorted(PAPER.glob("*.yaml")),
+    ids=lambda p: str(p.relative_to(REPO / "experiments")),
+)
+def test_experiment_configs_checkpoint_with_rotation_and_guard(path: Path) -> None:
+    callbacks = _callbacks(path)
+    built = [_build(c) for c in callbacks]
+    assert any(isinstance(c, FiniteLossGuard) for c in built)
+    assert any(isinstance(c, RNGStateCheckpoint) for c in built)
+    checkpoints = [c for c in built if isinstance(c, ModelCheckpoint)]
+    assert all(c.dirpath for c in checkpoints)  # the table pipeline and sweeps rewrite these
+    assert sum(bool(c.save_last) for c in checkpoints) == 1  # one writer of last.ckpt
+    assert isinstance(built[-1], ModelCheckpoint) and built[-1].save_last  # `calid sweep` redirects the last
+    periodic = built[-1]
+    assert periodic._every_n_train_steps > 0 and periodic.monitor == "step" and periodic.mode == "max"
+    assert periodic.save_top_k == 3
+    patterns = [(c.dirpath, c.filename) for c in checkpoints]
+    assert len(set(patterns)) == len(patterns)  # no two callbacks write the same file names
+    trainer = yaml.safe_load(path.read_text())["trainer"]
+    quick = yaml.safe_load((REPO / "experiments" / path.name).read_text())["trainer"]
+    max_steps = trainer.get("max_steps", quick["max_steps"])
+    assert max_steps % periodic._every_n_train_steps == 0  # the final step is saved as last.ckpt
+
+
+# ---- resume-path helper (scripts/slurm/train.sbatch) -------------------------------------------------------
+def test_resume_checkpoint_picks_the_newest_last_or_hpc(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "exp.yaml"
+    folder = tmp_path / "ckpts"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks": [
+                        {"class_path": f"{FT}.FiniteLossGuard"},
+                        {
+                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                            "init_args": {"dirpath": str(folder), "save_last": True},
+                        },
+                    ]
+                }
+            }
+        )
+    )
+    assert checkpoint_dirs([config]) == [folder]
+    assert resume_checkpoint([folder], tmp_path) is None
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"x")
+    (folder / "step=4.ckpt").write_bytes(b"x")
+    assert resume_checkpoint([folder], tmp_path) == folder / "last.ckpt"
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes(b"x")
+    os.utime(folder / "last.ckpt", (time.time() - 60, time.time() - 60))
+    assert main(["resume-path", "-c", str(config), "--hpc-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(hpc)
+    os.utime(hpc, (time.time() - 120, time.time() - 120))
+    assert resume_checkpoint(checkpoint_dirs([config]), tmp_path) == folder / "last.ckpt"
+
+
+def test_train_sbatch_has_the_slurm_options_and_valid_syntax() -> None:
+    script = (REPO / "scripts" / "slurm" / "train.sbatch").read_text()
+    for option in ("--signal=SIGUSR1@90", "--requeue", "--nodes", "--ntasks-per-node"):
+        assert f"#SBATCH {option}" in script
+    assert '--trainer.devices "$SLURM_NTASKS_PER_NODE"' in script and "--trainer.strategy ddp" in script
+    assert f"python -m {FT} resume-path" in script and "--ckpt_path" in script
+    subprocess.run(["bash", "-n", str(REPO / "scripts" / "slurm" / "train.sbatch")], check=True)
+
+
+# ---- calid fit subprocesses ------------------------------------------------------------------------------
+def tiny_config(
+    run: Path,
+    phantom: Path,
+    model: dict,
+    task: str,
+    max_steps: int = 12,
+    callbacks: tuple[dict, ...] = (),
+    samples_per_epoch: int = 8,
+    datamodule: str = "calid_lightning.data.datamodule.CardiacDataModule",
+) -> Path:
+    """A `calid fit` config: 4-batch epochs by default, a checkpoint every 4 steps, CSV log of every step."""
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": max_steps,
+            "check_val_every_n_epoch": None,
+            "val_check_interval": 4,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(run),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run), "name": "csv"},
+            },
+            "callbacks": [
+                {"class_path": f"{FT}.FiniteLossGuard"},
+                {"class_path": f"{FT}.RNGStateCheckpoint"},
+                *callbacks,
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(run / "checkpoints"),
+                        "filename": "{step}",
+                        "every_n_train_steps": 4,
+                        "monitor": "step",
+                        "mode": "max",
+                        "save_top_k": 3,
+                        "save_last": True,
+                    },
+                },
+            ],
+        },
+        "model": model,
+        "data": {
+            "class_path": datamodule,
+            "init_args": {
+                "layout": "phantom",
+                "root": str(phantom),
+                "phantom": {"subjects": 3, "seed": 0, "size": [64, 64], "frames": 6},
+                "task": task,
+                "crop_size": 32,
+                "batch_size": 2,
+                "samples_per_epoch": samples_per_epoch,
+                "split": [0.34, 0.33, 0.33],
+            },
+        },
+    }
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def fit_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "calid_lightning.cli", "fit", "-c", str(config), *extra]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **extra}
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def python_path(folder: Path) -> str:
+    """``PYTHONPATH`` with ``folder`` first: test-only modules for the subprocess."""
+    return os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+
+
+def run_fit(config: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        fit_command(config, *extra),
+        cwd=REPO,
+        env=env or subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    start = time.monotonic()
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (code {process.returncode}) before {path} appeared")
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    """The per-step ``train/loss`` of every CSV log under ``run`` (a resumed run writes a second version)."""
+    losses: dict[int, float] = {}
+    for metrics in sorted(run.glob("csv/version_*/metrics.csv")):
+        with open(metrics, newline="") as handle:
+            for row in csv.DictReader(handle):
+                value = row.get("train/loss") or row.get("train/loss_step")  # on_epoch too: "_step"
+                if value:
+                    losses[int(row["step"])] = float(value)
+    return losses
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("phantom") / "data"
+
+
+VAE_MODEL = {
+    "class_path": "calid_lightning.models.vae.VAEModule",
+    "init_args": {
+        "channels": [8, 8, 8],
+        "latent_channels": 4,
+        "norm_num_groups": 4,
+        "scale_factor_batches": 1,
+        "log_images": 0,
+    },
+}
+
+
+def spatial_model(vae_checkpoint: Path) -> dict:
+    return {
+        "class_path": "calid_lightning.models.calid_spatial.CaLIDSpatial",
+        "init_args": {
+            "vae_checkpoint": str(vae_checkpoint),
+            "channels": [16, 32],
+            "attention_levels": [False, True],
+            "num_res_blocks": 1,
+            "num_head_channels": 8,
+            "norm_num_groups": 8,
+            "lr": 1e-3,
+            "ema_decay": 0.9,
+            "val_sample_every": 1,
+            "val_num_samples": 2,
+            "val_inference_steps": 2,
+        },
+    }
+
+
+def check_kill_and_resume(
+    tmp_path: Path, phantom: Path, model: dict, task: str, env: dict[str, str] | None = None, **config: Any
+) -> None:
+    """Run A straight to step 12; run B SIGKILLed once its step-8 checkpoint exists, resumed from `last`."""
+    env = env or subprocess_env()
+    straight = tmp_path / "straight"
+    run_fit(tiny_config(straight, phantom, model, task, **config), env=env)
+    killed = tmp_path / "killed"
+    killed_config = tiny_config(killed, phantom, model, task, **config)
+    process = subprocess.Popen(
+        fit_command(killed_config), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for(killed / "checkpoints" / "step=8.ckpt", process)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "checkpoints" / "step=12.ckpt").exists()
+    resumed = run_fit(killed_config, "--ckpt_path", "last", env=env)
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+
+    expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    actual = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert actual["global_step"] == expected["global_step"] == 12
+    assert expected["state_dict"].keys() == actual["state_dict"].keys()
+    for name, value in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], value, rtol=0, atol=0, msg=name)
+    straight_losses, killed_losses = train_losses(straight), train_losses(killed)
+    assert max(straight_losses) == max(killed_losses) == 11  # CSV steps count from 0
+    for step in range(8, 12):
+        assert killed_losses[step] == straight_losses[step], step
+
+
+@pytest.mark.slow
+def test_vae_killed_and_resumed_equals_uninterrupted(tmp_path: Path, phantom: Path) -> None:
+    """Weights, scale factor and train losses of steps 9-12 equal those of the uninterrupted run."""
+    check_kill_and_resume(tmp_path, phantom, VAE_MODEL, "slice")
+    actual = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert bool(actual["scale_factor_computed"]) and float(actual["scale_factor"]) != 1.0
+
+
+@pytest.mark.slow
+def test_calid_spatial_killed_and_resumed_equals_uninterrupted(tmp_path: Path, phantom: Path) -> None:
+    """The same for the spatial interpolator: U-Net, ControlNet, their EMA and the frozen VAE."""
+    vae = tiny_vae_checkpoint(tmp_path / "vae.ckpt")
+    check_kill_and_resume(tmp_path, phantom, spatial_model(vae), "spatial")
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert int(state["ema.num_updates"]) == 12 and "vae.scale_factor" in state
+
+
+# The change recommended for CardiacDataModule.train_dataloader: a loader Lightning resumes mid-epoch.
+RESUMABLE_DATAMODULE = """
+from calid_lightning.data.datamodule import CardiacDataModule
+from calid_lightning.fault_tolerance import ResumableDataLoader
+
+class ResumableCardiacDataModule(CardiacDataModule):
+    def train_dataloader(self):
+        loader = super().train_dataloader()
+        return ResumableDataLoader(loader.dataset, batch_size=loader.batch_size)
+"""
+
+
+@pytest.mark.slow
+def test_mid_epoch_kill_and_resume_is_exact_with_a_resumable_loader(tmp_path: Path, phantom: Path) -> None:
+    """6-batch epochs: the checkpoints at steps 4 and 8 are mid-epoch."""
+    (tmp_path / "resumable_dm.py").write_text(RESUMABLE_DATAMODULE)
+    env = subprocess_env(PYTHONPATH=python_path(tmp_path))
+    datamodule = "resumable_dm.ResumableCardiacDataModule"
+    check_kill_and_resume(
+        tmp_path, phantom, VAE_MODEL, "slice", env, samples_per_epoch=12, datamodule=datamodule
+    )
+
+
+FAKE_SCONTROL = """#!/bin/sh
+echo "$@" >> "{record}"
+"""
+FAKE_SRUN = """#!/bin/sh
+exec "$@"
+"""
+# Stands for a job waiting for SLURM's signal: once, at a step, it writes a marker and sleeps (signals are
+# still handled), so no periodic checkpoint comes after the requeue checkpoint.
+PAUSE_CALLBACK = """
+import time
+from pathlib import Path
+from lightning.pytorch import Callback
+
+class PauseAt(Callback):
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.marker.exists():
+            self.marker.touch()
+            time.sleep(300)
+"""
+
+
+def fake_slurm_env(tmp_path: Path, config: Path, run: Path, extra: str) -> tuple[dict[str, str], Path]:
+    """The environment of a one-task SLURM job whose ``srun`` runs the command and ``scontrol`` records."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    record = tmp_path / "scontrol.log"
+    for name, text in (("scontrol", FAKE_SCONTROL.format(record=record)), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    slurm = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "calid-test",  # not "bash"/"interactive": Lightning detects SLURM
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "CONFIGS": str(config),
+        "RUN_DIR": str(run),
+        "EXTRA": extra,
+        "VENV": str(Path(sys.executable).parents[1]),
+    }
+    return subprocess_env(**slurm), record
+
+
+def child_pid(parent: int, timeout: float = 60) -> int:
+    """The first child process of ``parent`` (the training process the fake ``srun`` exec'd)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise AssertionError(f"process {parent} started no child within {timeout} s")
+
+
+@pytest.mark.slow
+def test_train_sbatch_requeues_on_sigusr1_and_resumes_from_the_newest_checkpoint(
+    tmp_path: Path, phantom: Path
+) -> None:
+    """SIGUSR1 to the training task: HPC checkpoint + `scontrol requeue 4242`; the restarted job resumes."""
+    sbatch = REPO / "scripts" / "slurm" / "train.sbatch"
+    run = tmp_path / "run"
+    (tmp_path / "pause_callback.py").write_text(PAUSE_CALLBACK)
+    marker = tmp_path / "paused"
+    pause = {"class_path": "pause_callback.PauseAt", "init_args": {"step": 5, "marker": str(marker)}}
+    config = tiny_config(run, phantom, VAE_MODEL, "slice", max_steps=400, callbacks=(pause,))
+    env, record = fake_slurm_env(tmp_path, config, run, "--trainer.max_steps=400")
+    env["PYTHONPATH"] = python_path(tmp_path)
+    job = subprocess.Popen(
+        ["bash", str(sbatch)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    hpc = run / "hpc_ckpt_1.ckpt"
+    task = job.pid
+    try:
+        wait_for(marker, job)
+        task = child_pid(job.pid)  # training by now (the resume-path helper ran before)
+        os.kill(task, signal.SIGUSR1)  # SLURM's --signal=SIGUSR1@90 goes to the srun tasks
+        wait_for(hpc, job, timeout=120)
+        start = time.monotonic()
+        while not record.exists() and time.monotonic() - start < 60:
+            time.sleep(0.05)
+    finally:
+        for pid in {task, job.pid}:  # what SLURM does to a requeued job
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    assert record.read_text().split() == ["requeue", "4242"]
+    newest = resume_checkpoint([run / "checkpoints"], run)
+    assert newest == hpc  # newer than last.ckpt (step 4)
+    saved_step = torch.load(newest, weights_only=True)["global_step"]
+    assert saved_step == 5
+
+    env["EXTRA"] = f"--trainer.max_steps={saved_step + 2}"
+    restarted = subprocess.run(
+        ["bash", str(sbatch)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    output = restarted.stdout + restarted.stderr
+    assert restarted.returncode == 0, output[-3000:]
+    assert f"resuming from {newest}" in output
+    assert f"Restored all states from the checkpoint at {newest}" in output
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == saved_step + 2
+
+
+# ---- weights_only ----------------------------------------------------------------------------------------
+def _fit_one_step(model: LightningModule, data: list, root: Path) -> Path:
+    trainer = Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[FiniteLossGuard(), RNGStateCheckpoint(), ModelCheckpoint(dirpath=root, save_last=True)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(model, DataLoader(data, batch_size=2))
+    return root / "last.ckpt"
+
+
+def test_vae_and_calid_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
+    """Everything in them (hparams, optimizer, callback and RNG states) is tensors and plain Python values."""
+    from calid_lightning.models.calid_spatial import CaLIDSpatial
+    from calid_lightning.models.latent_interpolator import load_interpolator
+    from calid_lightning.models.vae import VAEModule
+
+    torch.manual_seed(0)
+    images = [{"image": torch.rand(1, 16, 16)} for _ in range(4)]
+    vae = VAEModule(channels=(8, 8, 8), latent_channels=4, norm_num_groups=4, scale_factor_batches=1)
+    vae_path = _fit_one_step(vae, images, tmp_path / "vae")
+    loaded = torch.load(vae_path, weights_only=True)
+    assert "RNGStateCheckpoint" in loaded["callbacks"] and loaded["optimizer_states"]
+    assert bool(VAEModule.load_frozen(vae_path).scale_factor_computed)
+
+    slices = [
+        {
+            "below": torch.rand(1, 16, 16),
+            "above": torch.rand(1, 16, 16),
+            "target": torch.rand(1, 16, 16),
+            "r": r,
+        }
+        for r in torch.linspace(0.2, 0.8, 4)
+    ]
+    calid = CaLIDSpatial(
+        vae_checkpoint=str(vae_path),
+        channels=(16, 32),
+        attention_levels=(False, True),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+    )
+    calid_path = _fit_one_step(calid, slices, tmp_path / "calid")
+    loaded = torch.load(calid_path, weights_only=True)
+    assert loaded["hyper_parameters"]["vae_hparams"]["channels"] == (8, 8, 8)
+    assert CaLIDSpatial.load_from_checkpoint(calid_path, weights_only=True).ema.num_updates == 1
+    assert isinstance(load_interpolator(calid_path), CaLIDSpatial)
