@@ -667,3 +667,33 @@ def test_vae_and_calid_checkpoints_load_with_weights_only(tmp_path: Path) -> Non
     assert loaded["hyper_parameters"]["vae_hparams"]["channels"] == (8, 8, 8)
     assert CaLIDSpatial.load_from_checkpoint(calid_path, weights_only=True).ema.num_updates == 1
     assert isinstance(load_interpolator(calid_path), CaLIDSpatial)
+
+
+def test_step_checkpoint_saves_the_final_step_between_periodic_saves(tmp_path: Path) -> None:
+    """max_steps 5 with saves every 2: the periodic saves are steps 2 and 4; last.ckpt must hold step 5."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from calid_lightning.fault_tolerance import StepModelCheckpoint
+
+    callback = StepModelCheckpoint(
+        dirpath=tmp_path,
+        filename="{step}",
+        every_n_train_steps=2,
+        monitor="step",
+        mode="max",
+        save_top_k=2,
+        save_last=True,
+    )
+    trainer = Trainer(
+        max_steps=5,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(BoringModel())
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert sorted(p.name for p in tmp_path.glob("step=*.ckpt")) == ["step=4.ckpt", "step=5.ckpt"]  # rotated

@@ -203,6 +203,22 @@ class ResumableDataLoader(DataLoader):
         self._resume_at = int(state_dict.get("batches_served", 0))
 
 
+class StepModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also saves when training ends, so ``last.ckpt`` always holds the final step.
+
+    With ``every_n_train_steps`` alone, a ``max_steps`` that is not a multiple of it ends between two saves
+    and ``last.ckpt`` misses the final weights (for the VAE: its latent scale factor, computed at the last
+    step). Everything else is Lightning's ``ModelCheckpoint`` (rotation with ``monitor: step``).
+    """
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+
 class FiniteLossGuard(Callback):
     """Stops training with :class:`NonFiniteLossError` when the loss or a logged training metric is NaN/Inf.
 

@@ -38,6 +38,7 @@ from calid_lightning.data.sampling import (
 )
 from calid_lightning.data.subject import CardiacSubject, DataError
 from calid_lightning.distributed import eval_sampler
+from calid_lightning.fault_tolerance import ResumableDataLoader
 
 log = logging.getLogger(__name__)
 STACKS = ("auto", "acquired", "dense")
@@ -288,8 +289,10 @@ class CardiacDataModule(LightningDataModule):
             transform = build_augmentation(**(self.hparams.augment_options or {}))
         return ExampleBuilder(self.task, self.hparams.num_frames, self.hparams.time_multiple, transform)
 
-    def _loader(self, dataset: Any, shuffle: bool, sampler: Any = None) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: Any, shuffle: bool, sampler: Any = None, loader: type[DataLoader] = DataLoader
+    ) -> DataLoader:
+        return loader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
@@ -308,7 +311,7 @@ class CardiacDataModule(LightningDataModule):
             self.train_factors,
             self.frames,
         )
-        return self._loader(dataset, shuffle=False)
+        return self._loader(dataset, shuffle=False, loader=ResumableDataLoader)  # exact mid-epoch resume
 
     def _eval_loader(self, split: str) -> DataLoader:
         """The fixed examples of ``split``; under DDP each rank gets a disjoint share, none repeated.

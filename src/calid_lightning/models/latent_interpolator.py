@@ -363,8 +363,14 @@ class LatentInterpolatorBase(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Name this class in the checkpoint, so tools can load it without being told which model it is."""
+        """Name this class in the checkpoint (tools load it without being told which model it is) and keep
+        the validation count, so sampling validations (``val_sample_every``) fall on the same runs after a
+        resume."""
         checkpoint[MODEL_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["validation_runs"] = self._validation_runs
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._validation_runs = int(checkpoint.get("validation_runs", 0))
 
 
 def checkpoint_model_class(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> type:
@@ -405,7 +411,7 @@ def load_interpolator(path: str | Path, map_location: Any = "cpu") -> LatentInte
     from lightning.fabric.utilities.cloud_io import _load as pl_load
 
     try:
-        checkpoint = pl_load(str(path), map_location="cpu", weights_only=False)
+        checkpoint = pl_load(str(path), map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise DataError(path, f"cannot be read as a PyTorch checkpoint ({exc})") from exc
     if not isinstance(checkpoint, dict):
