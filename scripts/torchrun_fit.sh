@@ -9,7 +9,8 @@
 # Lightning detects torchrun (TorchElasticEnvironment); this script sets trainer.strategy=ddp, devices=GPUS and
 # num_nodes=NNODES to match. The learning rate is used as configured, never scaled: the run prints and logs
 # its effective global batch size (batch_size x GPUS x NNODES x accumulate_grad_batches).
-# Prepare the data first (e.g. `make phantom`): every node's first process runs the DataModule's prepare_data.
+# Data: only global rank 0 runs the DataModule's prepare_data (phantom generation); other nodes must see its
+# files (a shared filesystem), or prepare the data first (e.g. `make phantom`).
 #
 # Variables: NNODES (default 1), NODE_RANK (0), GPUS (1), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500),
 #            PYTHON (python: the environment's interpreter, e.g. .venv/bin/python).

@@ -121,7 +121,12 @@ def test_reproduce_runs_every_stage_and_writes_the_table(
     table = (results / "table.md").read_text()
     for heading in ("## Gap factor x2", "## Gap factor x4", "## 2D+T cines, gap factor x4"):
         assert heading in table
-    for name in ("CaLID (latent diffusion)", "pixel-space diffusion", "latent lerp", "true slices (ceiling)"):
+    for name in (
+        "CaLID (latent diffusion)",
+        "pixel-space diffusion",
+        "latent lerp (same VAE)",
+        "true slices (ceiling)",
+    ):
         assert f"| {name} |" in table
     with (results / "table.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -19,13 +19,15 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-    """A table column: CSV field, header, whether higher is better, decimals, median instead of mean."""
+    """A table column: CSV field, header, whether higher is better, digits (decimals, or significant digits
+    for ``style="g"``), median instead of mean."""
 
     field: str
     header: str
     higher_is_better: bool = True
     digits: int = 2
     median: bool = False
+    style: str = "f"
 
 
 SLICE_COLUMNS = (
@@ -38,7 +40,7 @@ SLICE_COLUMNS = (
     Column("dice_rv", "Dice RV", digits=3),
     Column("hd95_mean", "HD95 mm", higher_is_better=False, digits=1),
     Column("abs_ef_error", "abs EF err pp", higher_is_better=False, digits=1),
-    Column("seconds_per_volume", "s/volume", higher_is_better=False, digits=3, median=True),
+    Column("seconds_per_volume", "s/volume", higher_is_better=False, digits=3, median=True, style="g"),
 )
 CINE_COLUMNS = (
     Column("psnr", "PSNR dB"),
@@ -46,7 +48,7 @@ CINE_COLUMNS = (
     Column("psnr_heart", "PSNR heart"),
     Column("ssim_heart", "SSIM heart", digits=3),
     Column("temporal_error", "temporal err", higher_is_better=False, digits=4),
-    Column("seconds_per_volume", "s/3D+t volume", higher_is_better=False, digits=3, median=True),
+    Column("seconds_per_volume", "s/3D+t volume", higher_is_better=False, digits=3, median=True, style="g"),
 )
 METHOD_ORDER = (
     "calid",
@@ -147,7 +149,8 @@ def markdown(summaries: Sequence[dict[str, object]], columns: Sequence[Column]) 
             if math.isnan(value):
                 cells.append("-")
                 continue
-            text = f"{value:.{column.digits}f}" + ("" if math.isnan(std) else f" ± {std:.{column.digits}f}")
+            spec = f".{column.digits}{column.style}"
+            text = format(value, spec) + ("" if math.isnan(std) else f" ± {format(std, spec)}")
             is_best = summary["method"] != CEILING and best.get(column.field) == value
             cells.append(f"**{text}**" if is_best else text)
         name = METHOD_NAMES.get(str(summary["method"]), str(summary["method"]))
