@@ -2,9 +2,9 @@
 checkpoint rotation in the experiment configs, ``weights_only`` loading.
 
 The ``calid fit`` runs (slow) are subprocesses on a 3-subject 64x64 phantom at 32x32 crops, 12 steps with a
-checkpoint every 4. With the DataModule as it is, epochs are 4 batches long so that every checkpoint ends an
-epoch: Lightning restarts a plain DataLoader's epoch at index 0, so a mid-epoch resume is exact only with
-:class:`ResumableDataLoader` (tested with 6-batch epochs through a DataModule subclass that uses it).
+checkpoint every 4, with 4-batch epochs (every checkpoint ends an epoch) and with 6-batch epochs (mid-epoch
+checkpoints: Lightning restarts a plain DataLoader's epoch at index 0, so the DataModule's training loader is
+a :class:`ResumableDataLoader`).
 """
 
 from __future__ import annotations
@@ -481,27 +481,10 @@ def test_calid_spatial_killed_and_resumed_equals_uninterrupted(tmp_path: Path, p
     assert int(state["ema.num_updates"]) == 12 and "vae.scale_factor" in state
 
 
-# The change recommended for CardiacDataModule.train_dataloader: a loader Lightning resumes mid-epoch.
-RESUMABLE_DATAMODULE = """
-from calid_lightning.data.datamodule import CardiacDataModule
-from calid_lightning.fault_tolerance import ResumableDataLoader
-
-class ResumableCardiacDataModule(CardiacDataModule):
-    def train_dataloader(self):
-        loader = super().train_dataloader()
-        return ResumableDataLoader(loader.dataset, batch_size=loader.batch_size)
-"""
-
-
 @pytest.mark.slow
-def test_mid_epoch_kill_and_resume_is_exact_with_a_resumable_loader(tmp_path: Path, phantom: Path) -> None:
-    """6-batch epochs: the checkpoints at steps 4 and 8 are mid-epoch."""
-    (tmp_path / "resumable_dm.py").write_text(RESUMABLE_DATAMODULE)
-    env = subprocess_env(PYTHONPATH=python_path(tmp_path))
-    datamodule = "resumable_dm.ResumableCardiacDataModule"
-    check_kill_and_resume(
-        tmp_path, phantom, VAE_MODEL, "slice", env, samples_per_epoch=12, datamodule=datamodule
-    )
+def test_mid_epoch_kill_and_resume_is_exact(tmp_path: Path, phantom: Path) -> None:
+    """6-batch epochs: the checkpoints at steps 4 and 8 fall mid-epoch (the DataModule's resumable loader)."""
+    check_kill_and_resume(tmp_path, phantom, VAE_MODEL, "slice", subprocess_env(), samples_per_epoch=12)
 
 
 FAKE_SCONTROL = """#!/bin/sh
