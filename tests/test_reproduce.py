@@ -299,3 +299,16 @@ def test_dry_run_lists_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     with pytest.raises(SystemExit) as info:
         main(["--dry-run", "--runs", str(tmp_path / "runs"), "--force", "nonsense"])
     assert info.value.code == 2
+
+
+def test_paper_profile_adds_its_overrides_and_evaluates_at_its_crop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    profile = load_profile("experiments/reproduce/paper.yaml", data="data_modules/acdc.yaml")
+    stages = {s.name: s for s in plan(profile, tmp_path / "runs", tmp_path / "results")}
+    vae = stages["vae"].argv
+    assert vae[vae.index("data_modules/acdc.yaml") + 2] == "experiments/profiles/paper/vae.yaml"
+    for name in ("eval_spatial_x4", "eval_cine_x4", "figures_x4"):
+        argv = stages[name].argv
+        assert argv[argv.index("--data-override") + 1] == "crop_size=128", name

@@ -149,7 +149,9 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
     """Held-out evaluation (spatial, pixel, cine) and figure stages for the trained models of the profile."""
     ev, trained = profile.evaluate, set(profile.train)
     ckpt = {name: str(last_checkpoint(run_root / name)) for name in trained}
-    common = ["--data", profile.data, "--split", str(ev.get("split", "test")), "--quiet"]
+    overrides = [arg for item in ev.get("data_overrides") or [] for arg in ("--data-override", str(item))]
+    data = ["--data", profile.data, *overrides]
+    common = [*data, "--split", str(ev.get("split", "test")), "--quiet"]
     steps = ["--steps", str(ev["steps"])] if ev.get("steps") else []
     seg = ["--segmenter", ckpt["segmenter"]] if "segmenter" in trained else []
     seg_needs = ("segmenter",) if seg else ()
@@ -207,7 +209,7 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
     figures = profile.figures
     if figures and "calid_spatial" in trained:
         factor = int(figures.get("factor", 4))
-        argv = ["figures", "--data", profile.data, "--split", str(ev.get("split", "test")), *steps]
+        argv = ["figures", *data, "--split", str(ev.get("split", "test")), *steps]
         argv += ["--checkpoint", ckpt["calid_spatial"], "--factor", str(factor)]
         argv += ["--samples", str(figures.get("samples", 4)), "--out", str(figure_dir)]
         methods = list(figures.get("methods", ["calid", "linear", "nearest"]))
