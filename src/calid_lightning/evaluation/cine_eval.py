@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +37,13 @@ from tqdm.auto import tqdm
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import cine_frame_indices
 from calid_lightning.data.subject import DataError
-from calid_lightning.evaluation.evaluate_cli import build_datamodule, data_init_args, subjects_path, write_csv
+from calid_lightning.evaluation.evaluate_cli import (
+    build_datamodule,
+    data_init_args,
+    subjects_path,
+    summary_table,
+    write_csv,
+)
 from calid_lightning.evaluation.heldout import (
     CHECKPOINT_METHODS,
     IMAGE_METHODS,
@@ -294,31 +299,6 @@ def subject_rows(records: list[dict[str, Any]], seconds: float) -> dict[str, Any
     return row | {"seconds_per_volume": seconds}
 
 
-def summary_table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
-    """Markdown table: per method, mean +- std over subjects of each metric and median seconds per volume."""
-    lines = [
-        "| method | subjects | " + " | ".join(CINE_METRICS) + " | s/volume (median) |",
-        "|---" * (len(CINE_METRICS) + 3) + "|",
-    ]
-    digits = {"psnr": 2, "psnr_heart": 2, "ssim": 3, "ssim_heart": 3, "temporal_error": 4}
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        if not mine:
-            continue
-        cells = []
-        for metric in CINE_METRICS:
-            values = np.array([r[metric] for r in mine], dtype=np.float64)
-            values = values[~np.isnan(values)]
-            if values.size == 0:
-                cells.append("n/a")
-                continue
-            std = values.std(ddof=1) if values.size > 1 else 0.0
-            cells.append(f"{values.mean():.{digits[metric]}f} +- {std:.{digits[metric]}f}")
-        seconds = statistics.median(r["seconds_per_volume"] for r in mine)
-        lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + f" | {seconds:.3g} |")
-    return "\n".join(lines)
-
-
 def write_figure(
     path: str,
     prepared: PreparedSubject,
@@ -423,5 +403,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {figure}")
     frames_text = "all frames" if args.frames is None else f"{args.frames} frames over the cycle"
     print(f"\nHeld-out slice cines, gap factor {args.factor}, split {args.split}, {frames_text}:\n")
-    print(summary_table(rows, list(methods)))
+    print(summary_table(rows, list(methods), CINE_METRICS))
     return 0

@@ -191,13 +191,17 @@ def subject_rows(
     return row | {"seconds_per_volume": seconds / frames} | (summary or {})
 
 
-def summary_table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
+def summary_table(
+    rows: list[dict[str, Any]], methods: Sequence[str], columns: Sequence[str] | None = None
+) -> str:
     """Markdown table: per method, mean +- std over subjects of each metric and median seconds per volume.
 
-    The image metrics always; per-class Dice / HD95 (mm) and ``abs_ef_error`` (percentage points) when the
-    rows carry them (``--segmenter``). ``n/a`` where a method has no finite value (``truth``'s PSNR).
+    By default the image metrics, plus per-class Dice / HD95 (mm) and ``abs_ef_error`` (percentage points)
+    when the rows carry them (``--segmenter``); ``columns`` names other ones (``calid evaluate-cine``).
+    ``n/a`` where a method has no finite value (``truth``'s PSNR).
     """
-    columns = [*METRICS, *(c for c in TABLE_SEGMENTATION if rows and c in rows[0])]
+    if columns is None:
+        columns = [*METRICS, *(c for c in TABLE_SEGMENTATION if rows and c in rows[0])]
     lines = [
         "| method | subjects | " + " | ".join(columns) + " | s/volume (median) |",
         "|---" * (len(columns) + 3) + "|",
@@ -214,7 +218,7 @@ def summary_table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
                 cells.append("n/a")
                 continue
             std = values.std(ddof=1) if values.size > 1 else 0.0
-            digits = 3 if metric.startswith(("ssim", "dice")) else 2
+            digits = 4 if metric == "temporal_error" else 3 if metric.startswith(("ssim", "dice")) else 2
             cells.append(f"{values.mean():.{digits}f} +- {std:.{digits}f}")
         seconds = statistics.median(r["seconds_per_volume"] for r in mine)
         lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + f" | {seconds:.3g} |")
