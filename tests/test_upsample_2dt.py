@@ -97,6 +97,24 @@ def test_calid_upsample_4d_with_a_2dt_checkpoint(
     assert std.shape == dense.shape and np.all(std[:, :, ::2] == 0) and std[:, :, 1::2].max() > 0
 
 
+def test_max_batch_counts_frames_for_a_2dt_checkpoint(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--max-batch 5 with 5-frame cines: one whole cine per call (memory of 5 slices), not 5 cines."""
+    src = write_cine(tmp_path / "sparse.nii.gz")
+    calls: list[int] = []
+    original = CaLID2DT.interpolate
+
+    def spy(self, below, above, r, num_steps=None, generator=None):
+        calls.append(below.shape[0])
+        return original(self, below, above, r, num_steps=num_steps, generator=generator)
+
+    monkeypatch.setattr(CaLID2DT, "interpolate", spy)
+    args = ["--checkpoint", str(checkpoint), "--input", str(src), "--output", str(tmp_path / "d.nii.gz")]
+    assert calid(["upsample", *args, "--factor", "2", "--steps", "2", "--max-batch", "5", "--quiet"]) == 0
+    assert calls == [1, 1]  # 2 missing slices, one cine each call
+
+
 def test_bad_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "notes.ckpt"
     bad.write_text("not a checkpoint")

@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
     )
     parser.add_argument(
-        "--max-batch", type=int, default=64, help="items per interpolator call (slices; whole cines for 2D+T)"
+        "--max-batch",
+        type=int,
+        default=64,
+        help="2D frames per interpolator call (a 2D+T model gets max-batch // T whole cines, at least one)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -102,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.samples > 1:
                 std = torch.zeros_like(dense)
         else:
+            stack = sparse.cine_stack if cine else sparse.stack
+            max_batch = max(1, args.max_batch // stack.shape[3]) if cine else args.max_batch
             result = upsample_stack(
-                sparse.cine_stack if cine else sparse.stack,
+                stack,
                 positions,
                 interpolator,
                 order=args.order,
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 samples=args.samples,
                 progress=not args.quiet,
-                max_batch=args.max_batch,
+                max_batch=max_batch,
                 device=args.device,
             )
             dense, std = result.dense, result.std
