@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from calid_lightning.cli_options import add_data_arguments, add_device_argument
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import cine_frame_indices
 from calid_lightning.data.subject import DataError
@@ -101,16 +102,7 @@ def parse_frames(value: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calid evaluate-cine", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", required=True, help="data config YAML (data.init_args of CardiacDataModule)"
-    )
-    parser.add_argument(
-        "--data-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a data.init_args key, dotted for nested keys (e.g. phantom.subjects=3); repeatable",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--cine-checkpoint", help="CaLID2DT checkpoint for calid_2dt")
     parser.add_argument(
         "--checkpoint",
@@ -124,9 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--max-batch",
         type=int,
@@ -336,8 +326,6 @@ def _checked_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     for option, path in (("--cine-checkpoint", args.cine_checkpoint), ("--checkpoint", args.checkpoint)):
         if path and not Path(path).is_file():
             parser.error(f"{option} {path}: file not found")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but no CUDA device is available")
     needs = (
         (CINE_METHODS, "--cine-checkpoint", args.cine_checkpoint),
         (CHECKPOINT_METHODS, "--checkpoint", args.checkpoint),

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from calid_lightning.cli_options import add_data_arguments, add_device_argument
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import DataError
@@ -62,16 +62,7 @@ TABLE_SEGMENTATION = (*SEGMENTATION_FIELDS, "abs_ef_error")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calid evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", required=True, help="data config YAML (data.init_args of CardiacDataModule)"
-    )
-    parser.add_argument(
-        "--data-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a data.init_args key, dotted for nested keys (e.g. phantom.subjects=3); repeatable",
-    )
+    add_data_arguments(parser)
     parser.add_argument(
         "--checkpoint", help="CaLIDSpatial checkpoint for calid, calid_sequential, lerp, slerp"
     )
@@ -85,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", default="ed_es", help="ed_es, ed, es, all or frame indices (0,5)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    add_device_argument(parser)
     parser.add_argument("--max-batch", type=int, default=64, help="slices per interpolator call")
     parser.add_argument("--out", default="results/eval/spatial_x4.csv", help="per-slice CSV to write")
     parser.add_argument(
@@ -100,8 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def data_init_args(path: str, overrides: Sequence[str], factor: int) -> tuple[str, dict[str, Any]]:
-    """``(class_path, init_args)`` of the data YAML's ``data`` section with overrides and ``gap_factor``.
+def data_init_args(
+    path: str, overrides: Sequence[str], factor: int | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``(class_path, init_args)`` of the data YAML's ``data`` section with overrides and ``gap_factor``
+    (the config's own when ``factor`` is None).
 
     Raises ``DataError`` naming the file when it has no ``data.init_args`` mapping, ``ValueError`` for an
     override that is not ``key=value``.
@@ -120,7 +112,8 @@ def data_init_args(path: str, overrides: Sequence[str], factor: int) -> tuple[st
         prefixed = item.removeprefix("data.init_args.")
         init = OmegaConf.merge(init, OmegaConf.from_dotlist([prefixed]))
     init = OmegaConf.to_container(init, resolve=True)
-    init["gap_factor"] = factor
+    if factor is not None:
+        init["gap_factor"] = factor
     return str(data.get("class_path", f"{CardiacDataModule.__module__}.CardiacDataModule")), init
 
 
@@ -255,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if path and not Path(path).is_file():
             parser.error(f"{option} {path}: file not found")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but no CUDA device is available")
     checkpoints = (
         (CHECKPOINT_METHODS, "--checkpoint", args.checkpoint),
         (PIXEL_METHODS, "--pixel-checkpoint", args.pixel_checkpoint),

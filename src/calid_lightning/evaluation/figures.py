@@ -34,6 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from calid_lightning.cli_options import add_data_arguments, add_device_argument
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import DataError
@@ -400,16 +401,7 @@ def make_figures(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calid figures", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", required=True, help="data config YAML (data.init_args of CardiacDataModule)"
-    )
-    parser.add_argument(
-        "--data-override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a data.init_args key, dotted for nested keys (e.g. crop_size=64); repeatable",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--checkpoint", help="CaLIDSpatial checkpoint for calid, lerp, slerp")
     parser.add_argument("--pixel-checkpoint", help="PixelSpatial checkpoint for the method pixel")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated, in column order")
@@ -423,9 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--samples", type=int, default=4, help="CaLID samples of the uncertainty map (0: none)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    add_device_argument(parser)
     parser.add_argument("--max-batch", type=int, default=64, help="slices per interpolator call")
     parser.add_argument("--tag", help="file-name tag (default: x<factor>)")
     parser.add_argument("--out", default="results/figures", help="folder for the PNGs")
@@ -459,8 +449,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--factor must be >= 2 (one held-out slice per gap), got {args.factor}")
     if args.samples == 1 or args.samples < 0:
         parser.error(f"--samples must be 0 (no uncertainty map) or >= 2 (std needs two), got {args.samples}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but no CUDA device is available")
     for needed, option, path in (
         (CHECKPOINT_METHODS, "--checkpoint", args.checkpoint),
         (PIXEL_METHODS, "--pixel-checkpoint", args.pixel_checkpoint),

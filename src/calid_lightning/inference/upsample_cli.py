@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from calid_lightning.cli_options import add_device_argument
 from calid_lightning.data.subject import DataError
 from calid_lightning.inference.nifti_io import (
     frames_from_cine,
@@ -44,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--order", choices=("bisection", "sequential"), default="bisection")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=1, help="> 1: mean of N samples plus a std map")
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--max-batch",
         type=int,
@@ -84,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--factor must be a positive integer, got {args.factor}")
     if args.samples < 1:
         parser.error(f"--samples must be >= 1, got {args.samples}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but no CUDA device is available")
     try:
         sparse = read_sparse_stack(args.input)
         dz = sparse.spacing[2]

@@ -42,14 +42,6 @@ def generate_phantom(init_args: dict[str, Any], jobs: int) -> int:
     return subjects
 
 
-def configured_gap_factor(path: str) -> int:
-    """The data config's own ``gap_factor`` (4 when it sets none), so preparing does not change it."""
-    from omegaconf import OmegaConf
-
-    init = OmegaConf.select(OmegaConf.load(path), "data.init_args", default=None)
-    return int(init.get("gap_factor", 4)) if init is not None else 4
-
-
 def main(argv: list[str] | None = None) -> int:
     """Generate (phantom only) and prepare the data set of ``--data``; 1 on bad data."""
     parser = argparse.ArgumentParser(prog="python -m calid_lightning.reproduce.prepare", description=__doc__)
@@ -58,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        class_path, init_args = data_init_args(args.data, [], factor=configured_gap_factor(args.data))
+        class_path, init_args = data_init_args(args.data, [])
         written = generate_phantom(init_args, args.jobs)
         if written:
             print(f"phantom: {written} subjects in {init_args['root']} ({time.perf_counter() - start:.0f} s)")
