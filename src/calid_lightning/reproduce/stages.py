@@ -156,45 +156,48 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
     seg = ["--segmenter", ckpt["segmenter"]] if "segmenter" in trained else []
     seg_needs = ("segmenter",) if seg else ()
     eval_dir, figure_dir = results / "eval", results / "figures"
+    frames = str(ev.get("frames", "ed_es"))
+
+    def evaluate(
+        name: str, models: list[str], factor: int, methods: str, frames: str, needs: tuple[str, ...]
+    ) -> Stage:
+        """A ``calid evaluate`` stage writing ``eval_dir/<name without eval_>.csv``."""
+        out = eval_dir / f"{name.removeprefix('eval_')}.csv"
+        argv = (
+            "evaluate",
+            *common,
+            *models,
+            "--factor",
+            str(factor),
+            "--methods",
+            methods,
+            "--frames",
+            frames,
+        )
+        return Stage(name, (*argv, "--out", str(out)), needs, (out,))
+
     stages = []
     for factor in ev["factors"]:
-        out = eval_dir / f"spatial_x{factor}.csv"
         spatial = ["--checkpoint", ckpt["calid_spatial"]] if "calid_spatial" in trained else []
-        argv = ["evaluate", *common, *spatial, *seg, *steps, "--factor", str(factor)]
-        argv += ["--methods", ",".join(ev["methods"]), "--frames", str(ev.get("frames", "ed_es"))]
         needs = (*(("calid_spatial",) if spatial else ()), *seg_needs)
-        stages.append(Stage(f"eval_spatial_x{factor}", (*argv, "--out", str(out)), needs, (out,)))
+        methods = ",".join(ev["methods"])
+        stages.append(
+            evaluate(f"eval_spatial_x{factor}", [*spatial, *seg, *steps], factor, methods, frames, needs)
+        )
     ablation = ev.get("steps_ablation") or {}
     if ablation and "calid_spatial" in trained:
         factor = int(ablation.get("factor", 4))
         for count in ablation.get("steps", []):
-            out = eval_dir / f"steps{count}_x{factor}.csv"
-            argv = ["evaluate", *common, "--checkpoint", ckpt["calid_spatial"], "--steps", str(count)]
-            argv += [
-                "--factor",
-                str(factor),
-                "--methods",
-                "calid",
-                "--frames",
-                str(ev.get("frames", "ed_es")),
-            ]
+            models = ["--checkpoint", ckpt["calid_spatial"], "--steps", str(count)]
             name = f"eval_steps{count}_x{factor}"
-            stages.append(Stage(name, (*argv, "--out", str(out)), ("calid_spatial",), (out,)))
+            stages.append(evaluate(name, models, factor, "calid", frames, ("calid_spatial",)))
     pixel = ev.get("pixel") or {}
     if pixel and "pixel_spatial" in trained:
         for factor in pixel.get("factors", ev["factors"]):
-            out = eval_dir / f"pixel_x{factor}.csv"
-            argv = ["evaluate", *common, "--pixel-checkpoint", ckpt["pixel_spatial"], *seg, *steps]
-            argv += [
-                "--factor",
-                str(factor),
-                "--methods",
-                "pixel",
-                "--frames",
-                str(pixel.get("frames", "ed_es")),
-            ]
+            models = ["--pixel-checkpoint", ckpt["pixel_spatial"], *seg, *steps]
+            pixel_frames = str(pixel.get("frames", "ed_es"))
             needs = ("pixel_spatial", *seg_needs)
-            stages.append(Stage(f"eval_pixel_x{factor}", (*argv, "--out", str(out)), needs, (out,)))
+            stages.append(evaluate(f"eval_pixel_x{factor}", models, factor, "pixel", pixel_frames, needs))
     cine = ev.get("cine") or {}
     if cine and "calid_2dt" in trained:
         factor = int(cine.get("factor", 4))
