@@ -13,6 +13,15 @@ import torch
 
 from calid_lightning.models.vae import VAEModule
 
+TINY_UNET = {
+    "channels": (16, 32),
+    "attention_levels": (False, True),
+    "num_res_blocks": 1,
+    "norm_num_groups": 8,
+    "num_head_channels": 8,
+}
+"""Denoiser arguments of the tiny interpolators the tests build (2 levels, attention at the second)."""
+
 
 def save_checkpoint(module: lightning.LightningModule, path: Path) -> Path:
     """``module`` as a checkpoint dict saved without Lightning hooks (no model class name recorded)."""

@@ -20,18 +20,11 @@ from calid_lightning.models.calid_2dt import CaLID2DT, wrap_pad_time
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.conditioning import ConditionalDenoiser, condition_input
 from calid_lightning.models.latent_interpolator import MODEL_CLASS_KEY, load_interpolator
-from checkpoints import save_checkpoint, tiny_vae_checkpoint
+from checkpoints import TINY_UNET, save_checkpoint, tiny_vae_checkpoint
 
 SIZE = 16
 LATENT = 4
 FRAMES = 8
-UNET = {
-    "channels": (16, 32),
-    "attention_levels": (False, True),
-    "num_res_blocks": 1,
-    "norm_num_groups": 8,
-    "num_head_channels": 8,
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -80,7 +73,7 @@ def vae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_model(vae_checkpoint: Path, **kwargs: object) -> CaLID2DT:
     torch.manual_seed(0)
-    args = {**UNET, "num_inference_steps": 3, "val_inference_steps": 2, "lr": 2e-3, "ema_decay": 0.9}
+    args = {**TINY_UNET, "num_inference_steps": 3, "val_inference_steps": 2, "lr": 2e-3, "ema_decay": 0.9}
     return CaLID2DT(vae_checkpoint=str(vae_checkpoint), **{**args, **kwargs})
 
 
@@ -168,7 +161,7 @@ def test_size_and_layout_errors(vae_checkpoint: Path) -> None:
 
 def test_injection_is_zero_at_init_in_3d() -> None:
     torch.manual_seed(0)
-    net = ConditionalDenoiser(LATENT, spatial_dims=3, **UNET)
+    net = ConditionalDenoiser(LATENT, spatial_dims=3, **TINY_UNET)
     for p in net.unet.out.parameters():
         torch.nn.init.normal_(p, std=0.1)
     noisy, below, above = (torch.randn(2, LATENT, 4, 4, 4) for _ in range(3))
@@ -260,7 +253,7 @@ def test_checkpoint_round_trip_and_kind_detection(
 
 def test_spatial_checkpoints_are_still_detected_as_spatial(vae_checkpoint: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    spatial = CaLIDSpatial(vae_checkpoint=str(vae_checkpoint), **UNET)
+    spatial = CaLIDSpatial(vae_checkpoint=str(vae_checkpoint), **TINY_UNET)
     assert type(load_interpolator(save_checkpoint(spatial, tmp_path / "spatial.ckpt"))) is CaLIDSpatial
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
     with pytest.raises(DataError, match=r"junk\.ckpt"):

@@ -18,17 +18,10 @@ from torch.utils.data import DataLoader
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.conditioning import ConditionalDenoiser, condition_input
 from calid_lightning.models.diffusion import ddim_sample, make_schedulers, randn_like_from, training_target
-from checkpoints import tiny_vae_checkpoint
+from checkpoints import TINY_UNET, tiny_vae_checkpoint
 
 SIZE = 16
 LATENT = 4
-UNET = {
-    "channels": (16, 32),
-    "attention_levels": (False, True),
-    "num_res_blocks": 1,
-    "norm_num_groups": 8,
-    "num_head_channels": 8,
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,7 +70,7 @@ def vae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_model(vae_checkpoint: Path, **kwargs: object) -> CaLIDSpatial:
     torch.manual_seed(0)
-    args = {**UNET, "num_inference_steps": 4, "val_inference_steps": 3, "lr": 2e-3, "ema_decay": 0.9}
+    args = {**TINY_UNET, "num_inference_steps": 4, "val_inference_steps": 3, "lr": 2e-3, "ema_decay": 0.9}
     return CaLIDSpatial(vae_checkpoint=str(vae_checkpoint), **{**args, **kwargs})
 
 
@@ -118,11 +111,11 @@ def test_condition_input_stacks_neighbours_and_r() -> None:
 
 
 def test_part_shapes() -> None:
-    net = ConditionalDenoiser(LATENT, **UNET)
+    net = ConditionalDenoiser(LATENT, **TINY_UNET)
     noisy, below, above = (torch.randn(3, LATENT, 4, 4) for _ in range(3))
     r, t = torch.rand(3), torch.tensor([0, 500, 999])
     cond = condition_input(below, above, r)
-    assert net.condition_encoder(cond).shape == (3, UNET["channels"][0], 4, 4)
+    assert net.condition_encoder(cond).shape == (3, TINY_UNET["channels"][0], 4, 4)
     down, mid = net.residuals(torch.cat([noisy, cond], 1), t, cond)
     # one residual per U-Net skip: conv_in, one per res block and one per downsampler
     assert [tuple(d.shape[1:]) for d in down] == [(16, 4, 4), (16, 4, 4), (16, 2, 2), (32, 2, 2)]
@@ -132,7 +125,7 @@ def test_part_shapes() -> None:
 
 def test_injection_is_zero_at_init_and_live_after_perturbation() -> None:
     torch.manual_seed(0)
-    net = ConditionalDenoiser(LATENT, **UNET)
+    net = ConditionalDenoiser(LATENT, **TINY_UNET)
     for p in net.unet.out.parameters():  # the U-Net's zero-initialised output would hide any difference
         torch.nn.init.normal_(p, std=0.1)
     noisy, below, above = (torch.randn(2, LATENT, 4, 4) for _ in range(3))
@@ -148,7 +141,7 @@ def test_injection_is_zero_at_init_and_live_after_perturbation() -> None:
 
 
 def test_no_injection_builds_no_controlnet() -> None:
-    net = ConditionalDenoiser(LATENT, injection=False, **UNET)
+    net = ConditionalDenoiser(LATENT, injection=False, **TINY_UNET)
     assert net.controlnet is None and not net.injection
     assert not any("controlnet" in name for name, _ in net.named_parameters())
     latents = torch.randn(2, LATENT, 4, 4)
@@ -175,7 +168,7 @@ def test_encode_decode_and_size_check(vae_checkpoint: Path) -> None:
 
 def test_missing_vae_checkpoint_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"model\.vae_checkpoint"):
-        CaLIDSpatial(**UNET)
+        CaLIDSpatial(**TINY_UNET)
 
 
 def test_sampling_is_deterministic_per_generator(vae_checkpoint: Path) -> None:
@@ -253,7 +246,7 @@ def test_checkpoint_round_trip_without_the_vae_file(
 
 def test_lightning_cli_builds_the_vae_with_its_own_hparams(vae_checkpoint: Path, tmp_path: Path) -> None:
     """LightningCLI hands the outer module's hparams to any nested save_hyperparameters unless isolated."""
-    args = [f"--model.{k}={json.dumps(v)}" for k, v in UNET.items()]
+    args = [f"--model.{k}={json.dumps(v)}" for k, v in TINY_UNET.items()]
     cli = LightningCLI(
         CaLIDSpatial,
         run=False,

@@ -25,17 +25,10 @@ from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.baselines import ImageLinear, linear_upsample
 from calid_lightning.models.calid_2dt import CaLID2DT
 from calid_lightning.models.calid_spatial import CaLIDSpatial
-from checkpoints import save_checkpoint, tiny_vae_checkpoint
+from checkpoints import TINY_UNET, save_checkpoint, tiny_vae_checkpoint
 
 PHANTOM = {"subjects": 3, "seed": 0, "size": [48, 48], "frames": 6}
 FRAMES = 4
-UNET = {
-    "channels": (16, 32),
-    "attention_levels": (False, True),
-    "num_res_blocks": 1,
-    "norm_num_groups": 8,
-    "num_head_channels": 8,
-}
 
 
 def beating(frames: int = 6, size: int = 24, z: int = 2) -> torch.Tensor:
@@ -124,11 +117,11 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Untrained tiny CaLID2DT and CaLIDSpatial checkpoints (size multiple 8) saved as plain dicts."""
     folder = tmp_path_factory.mktemp("ckpt")
     vae = str(tiny_vae_checkpoint(folder / "vae.ckpt"))
-    cine = CaLID2DT(vae_checkpoint=vae, **UNET)
+    cine = CaLID2DT(vae_checkpoint=vae, **TINY_UNET)
     with torch.no_grad():  # a non-zero output layer: the generated cines depend on the model
         for p in cine.ema.module.unet.out.parameters():
             p.normal_(std=0.1)
-    spatial = CaLIDSpatial(vae_checkpoint=vae, **UNET)
+    spatial = CaLIDSpatial(vae_checkpoint=vae, **TINY_UNET)
     return {
         "cine": save_checkpoint(cine, folder / "cine.ckpt"),
         "spatial": save_checkpoint(spatial, folder / "spatial.ckpt"),

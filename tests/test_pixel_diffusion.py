@@ -27,21 +27,15 @@ from calid_lightning.models.latent_interpolator import (
     load_interpolator,
 )
 from calid_lightning.models.pixel_diffusion import PixelSpatial
+from checkpoints import TINY_UNET
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
-UNET = {
-    "channels": (16, 32),
-    "attention_levels": (False, True),
-    "num_res_blocks": 1,
-    "norm_num_groups": 8,
-    "num_head_channels": 8,
-}
 
 
 def tiny_pixel(**kwargs: object) -> PixelSpatial:
     torch.manual_seed(0)
-    return PixelSpatial(**UNET, val_sample_every=0, **kwargs)
+    return PixelSpatial(**TINY_UNET, val_sample_every=0, **kwargs)
 
 
 def disc_slice(radius: float) -> torch.Tensor:
@@ -151,7 +145,7 @@ def test_save_load_round_trip(pixel_checkpoint: Path) -> None:
     model = PixelSpatial.load_from_checkpoint(pixel_checkpoint).eval()
     loaded = load_interpolator(pixel_checkpoint)
     assert type(loaded) is PixelSpatial and not loaded.training
-    assert tuple(model.hparams.channels) == UNET["channels"]
+    assert tuple(model.hparams.channels) == TINY_UNET["channels"]
     below, above = torch.rand(2, 1, SIZE, SIZE) * 2 - 1, torch.rand(2, 1, SIZE, SIZE) * 2 - 1
     r = torch.tensor([0.5, 0.5])
     outs = [
@@ -174,7 +168,7 @@ def test_kind_detection_without_class_entry(pixel_checkpoint: Path) -> None:
 def test_calid_spatial_keeps_vae_hparams_and_keys() -> None:
     """The codec hook leaves the latent models' checkpoints as before (VAE keys and hyperparameters)."""
     model = CaLIDSpatial(
-        vae_hparams={"channels": (8, 8, 8), "latent_channels": 4, "norm_num_groups": 4}, **UNET
+        vae_hparams={"channels": (8, 8, 8), "latent_channels": 4, "norm_num_groups": 4}, **TINY_UNET
     )
     assert "vae_checkpoint" in model.hparams and "vae_hparams" in model.hparams
     assert any(key.startswith("vae.autoencoder.") for key in model.state_dict())
@@ -214,10 +208,10 @@ def bench_module() -> ModuleType:
 def test_bench_times_untrained_models() -> None:
     bench = bench_module()
     vae = {"channels": (8, 8, 8), "norm_num_groups": 4}
-    calid, pixel = bench.untrained_models(vae_overrides=vae, denoiser_overrides=UNET)
+    calid, pixel = bench.untrained_models(vae_overrides=vae, denoiser_overrides=TINY_UNET)
     assert isinstance(calid, CaLIDSpatial) and isinstance(pixel, PixelSpatial)
     assert calid.hparams.num_inference_steps == pixel.hparams.num_inference_steps == 50  # quick configs
-    assert tuple(calid.hparams.channels) == tuple(pixel.hparams.channels) == UNET["channels"]
+    assert tuple(calid.hparams.channels) == tuple(pixel.hparams.channels) == TINY_UNET["channels"]
     assert bench.architecture_differences(calid, pixel) == []
     assert bench.architecture_differences(calid, tiny_pixel(injection=False)) == ["injection"]
     methods = bench.diffusion_methods(calid, pixel, steps=2, device="cpu", max_batch=8)
