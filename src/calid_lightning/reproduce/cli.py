@@ -97,15 +97,12 @@ def table_notes(
 def run_record(path: Path, profile: str, data: str, seconds: float, runner: StageRunner) -> dict:
     """This invocation's timing, keeping the wall time of the last one that ran every stage (``path``)."""
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    full = previous.get("full_run_seconds")
-    if full is None and previous.get("wall_seconds") and not previous.get("cached"):
-        full = previous["wall_seconds"]
     return {
         "profile": profile,
         "data": data,
         "wall_seconds": seconds,
         "cached": list(runner.cached),
-        "full_run_seconds": full if runner.cached else seconds,
+        "full_run_seconds": previous.get("full_run_seconds") if runner.cached else seconds,
         "stages": runner.seconds,
     }
 
