@@ -17,7 +17,7 @@ from calid_lightning.data.phantom import (
     write_dataset,
     write_subject,
 )
-from calid_lightning.data.phantom_cli import main as phantom_main
+from calid_lightning.data.phantom.cli import main as phantom_main
 from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
 
 UNIT = PhantomConfig(size=(48, 48), frames=6, dense_slices=32, dense_spacing=3.0)

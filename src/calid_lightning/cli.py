@@ -11,7 +11,7 @@ import importlib
 import sys
 
 TOOLS: dict[str, str] = {
-    "phantom": "calid_lightning.data.phantom_cli",
+    "phantom": "calid_lightning.data.phantom.cli",
     "upsample": "calid_lightning.inference.upsample_cli",
     "evaluate": "calid_lightning.evaluation.evaluate_cli",
     "figures": "calid_lightning.evaluation.figures",

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .phantom_motion import LVFrame, cap_volume, lv_frame
-from .subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
+from calid_lightning.data.phantom.motion import LVFrame, cap_volume, lv_frame
+from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
 
 # Per-pathology ranges: LV EDV (mL), LV EF, mid-wall thickness (mm), apical wall (mm), cavity length (mm),
 # RV size factor, RV EF, septal wall excess (fraction of the wall thickness).

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .phantom import PATHOLOGIES, PhantomConfig, write_dataset
+from calid_lightning.data.phantom import PATHOLOGIES, PhantomConfig, write_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Settings of the procedural cardiac phantom and the record one generated subject becomes.
 
-Kept apart from the generator so the writer (:mod:`phantom_io`) and the generator (:mod:`phantom`) can both
+Kept apart from the generator so the writer (:mod:`.io`) and the generator (:mod:`.generate`) can both
 use them without importing each other.
 """
 
@@ -87,7 +87,7 @@ class PhantomSubject:
     """One generated subject: dense truth, acquired (sparse) stack and the generator's parameters.
 
     Arrays are ``(X, Y, Z, T)``. ``labels`` / ``sparse_labels`` use the package's internal convention
-    (0 background, 1 LV cavity, 2 myocardium, 3 RV cavity); files on disk use ACDC's (see ``phantom_io``).
+    (0 background, 1 LV cavity, 2 myocardium, 3 RV cavity); files on disk use ACDC's (see :mod:`.io`).
     Sparse slice ``j`` is dense slice ``sparse_offset + sparse_factor * j``. ``spacing`` and
     ``dense_spacing`` are ``(dx, dy, dz)`` in mm; the affines map voxel indices to world mm (RAS).
     """

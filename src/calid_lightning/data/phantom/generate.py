@@ -2,8 +2,8 @@
 
 ``generate_subject(seed, config)`` renders the dense ground truth (fine slices) and the acquired sparse
 stack (every ``sparse_factor``-th dense slice); ``write_dataset`` writes subjects in the ACDC layout and
-skips those already on disk with the same parameters. Anatomy lives in :mod:`phantom_anatomy`, motion in
-:mod:`phantom_motion`, the body around the heart and image formation in :mod:`phantom_context`.
+skips those already on disk with the same parameters. Anatomy lives in :mod:`.anatomy`, motion in
+:mod:`.motion`, the body around the heart and image formation in :mod:`.context`.
 """
 
 from __future__ import annotations
@@ -17,22 +17,12 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from .phantom_anatomy import Heart, HeartGrid, heart_grid, render_heart, sample_heart
-from .phantom_config import PATHOLOGIES, PhantomConfig, PhantomSubject
-from .phantom_context import Context, bias_field, render_context, rician, sample_context
-from .phantom_io import patient_dir, read_params, write_subject
-from .phantom_motion import contraction, sample_cycle
-from .subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
-
-__all__ = [
-    "PATHOLOGIES",
-    "PhantomConfig",
-    "PhantomSubject",
-    "generate_subject",
-    "subject_seed",
-    "write_dataset",
-    "write_subject",
-]
+from calid_lightning.data.phantom.anatomy import Heart, HeartGrid, heart_grid, render_heart, sample_heart
+from calid_lightning.data.phantom.config import PhantomConfig, PhantomSubject
+from calid_lightning.data.phantom.context import Context, bias_field, render_context, rician, sample_context
+from calid_lightning.data.phantom.io import patient_dir, read_params, write_subject
+from calid_lightning.data.phantom.motion import contraction, sample_cycle
+from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
 
 GENERATOR_VERSION = 1
 

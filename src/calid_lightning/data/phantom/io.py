@@ -15,8 +15,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .phantom_config import PhantomSubject
-from .subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
+from calid_lightning.data.phantom.config import PhantomSubject
+from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
 
 ACDC_LABELS = {LV_CAVITY: 3, MYOCARDIUM: 2, RV_CAVITY: 1}
 
