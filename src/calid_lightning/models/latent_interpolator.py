@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextvars
 import importlib
 import inspect
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -408,13 +407,7 @@ def checkpoint_model_class(checkpoint: dict[str, Any], path: str | Path = "check
 
 def load_interpolator(path: str | Path, map_location: Any = "cpu") -> LatentInterpolatorBase:
     """Load a CaLID checkpoint of any kind (spatial, 2D+T, pixel) in eval mode; the file names its class."""
-    from lightning.fabric.utilities.cloud_io import _load as pl_load
+    from calid_lightning.checkpoint_file import read_checkpoint
 
-    try:
-        checkpoint = pl_load(str(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise DataError(path, f"cannot be read as a PyTorch checkpoint ({exc})") from exc
-    if not isinstance(checkpoint, dict):
-        raise DataError(path, f"holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict")
-    cls = checkpoint_model_class(checkpoint, path)
+    cls = checkpoint_model_class(read_checkpoint(path), path)
     return cls.load_from_checkpoint(path, map_location=map_location).eval()
