@@ -67,6 +67,32 @@ def training_target(scheduler: DDPMScheduler, clean: Tensor, noise: Tensor, time
     return clean
 
 
+def inference_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
+    """The ``num_steps`` timesteps a DDIM chain visits, "trailing" spacing: T-1, ..., about T/n - 1.
+
+    The first step starts at the noisiest training timestep, so one step is the x0-prediction from pure noise,
+    and each step lands exactly on the noise level of the next listed timestep (then on the clean sample).
+    MONAI 1.6's ``DDIMScheduler`` lists ``linspace(T-1, 0, n)`` but steps by ``T // n``, which leaves the
+    sample at another noise level than the one the model is told next; this list and :func:`ddim_sample`
+    avoid its ``set_timesteps``/``step`` pair altogether.
+    """
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
+    return [round(num_train_timesteps - i * num_train_timesteps / num_steps) - 1 for i in range(num_steps)]
+
+
+def split_prediction(
+    prediction_type: str, prediction: Tensor, sample: Tensor, alpha_prod: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(predicted clean sample, predicted noise) from a model output of ``prediction_type`` at x_t."""
+    a, b = alpha_prod.sqrt(), (1 - alpha_prod).sqrt()
+    if prediction_type == "epsilon":
+        return (sample - b * prediction) / a, prediction
+    if prediction_type == "v_prediction":
+        return a * sample - b * prediction, a * prediction + b * sample
+    return prediction, (sample - a * prediction) / b
+
+
 @torch.no_grad()
 def ddim_sample(
     model_fn: Callable[[Tensor, Tensor], Tensor],
@@ -77,12 +103,19 @@ def ddim_sample(
     """Run a deterministic DDIM chain (eta = 0) from ``noise``; returns the final clean sample.
 
     ``model_fn(x_t, t)`` gets the current sample and a (B,) long tensor of timesteps and returns the model
-    prediction of the scheduler's ``prediction_type``. The scheduler's timesteps are set here.
+    prediction of the scheduler's ``prediction_type``. Only the scheduler's noise schedule
+    (``alphas_cumprod``) and prediction type are used: each step moves to the noise level of the next timestep
+    of :func:`inference_timesteps` (the clean sample after the last), so ``num_steps=1`` is the model's
+    x0-prediction from pure noise.
     """
-    scheduler.set_timesteps(num_steps, device=noise.device)
-    sample = noise
-    batch = noise.shape[0]
-    for t in scheduler.timesteps:
-        timesteps = torch.full((batch,), int(t), device=noise.device, dtype=torch.long)
-        sample, _ = scheduler.step(model_fn(sample, timesteps), int(t), sample)
-    return sample
+    alphas = scheduler.alphas_cumprod.to(device=noise.device, dtype=torch.float32)
+    timesteps = inference_timesteps(scheduler.num_train_timesteps, num_steps)
+    shape = (-1, *([1] * (noise.ndim - 1)))
+    sample = noise.float()
+    for i, t in enumerate(timesteps):
+        t_batch = torch.full((noise.shape[0],), t, device=noise.device, dtype=torch.long)
+        prediction = model_fn(sample.to(noise.dtype), t_batch).float()
+        clean, eps = split_prediction(scheduler.prediction_type, prediction, sample, alphas[t].reshape(shape))
+        alpha_next = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else alphas.new_tensor(1.0)
+        sample = alpha_next.sqrt() * clean + (1 - alpha_next).sqrt() * eps
+    return sample.to(noise.dtype)
