@@ -272,7 +272,7 @@ def test_table_means_stds_best_and_missing_columns(tmp_path: Path) -> None:
     assert math.isnan(by_method[("slices", "truth")]["psnr"])
     assert by_method[("cine", "calid_2dt")]["temporal_error"] == pytest.approx(0.05)
     lines = text.splitlines()
-    calid_line = next(line for line in lines if line.startswith("| CaLID (latent diffusion)"))
+    calid_line = next(line for line in lines if line.startswith("| CaLID, one sample"))
     linear_line = next(line for line in lines if line.startswith("| linear in z"))
     assert "**22.00 ± 2.00**" in calid_line and "21.00 ± 0.00" in linear_line
     assert "**0.700 ± 0.000**" in calid_line and "**" not in linear_line.split("|")[4]

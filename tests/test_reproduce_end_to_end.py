@@ -122,7 +122,7 @@ def test_reproduce_runs_every_stage_and_writes_the_table(
     for heading in ("## Gap factor x2", "## Gap factor x4", "## 2D+T cines, gap factor x4"):
         assert heading in table
     for name in (
-        "CaLID (latent diffusion)",
+        "CaLID, one sample",
         "pixel-space diffusion",
         "latent lerp (same VAE)",
         "true slices (ceiling)",

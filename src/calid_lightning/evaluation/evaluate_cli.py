@@ -36,12 +36,13 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from calid_lightning.cli_options import add_data_arguments, add_device_argument
+from calid_lightning.cli_options import add_data_arguments, add_device_argument, positive_int
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import DataError
 from calid_lightning.evaluation.heldout import (
     CHECKPOINT_METHODS,
+    MEAN_DRAWS,
     METHODS,
     PIXEL_METHODS,
     RECORD_FIELDS,
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calid evaluate", description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
     parser.add_argument(
-        "--checkpoint", help="CaLIDSpatial checkpoint for calid, calid_sequential, lerp, slerp"
+        "--checkpoint", help="CaLIDSpatial checkpoint for calid, calid_mean, calid_sequential, lerp, slerp"
     )
     parser.add_argument("--pixel-checkpoint", help="PixelSpatial checkpoint for the method pixel")
     parser.add_argument(
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", default="ed_es", help="ed_es, ed, es, all or frame indices (0,5)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mean-draws",
+        type=positive_int,
+        default=MEAN_DRAWS,
+        help=f"noise draws averaged by calid_mean, the conditional-mean estimate (default {MEAN_DRAWS})",
+    )
     add_device_argument(parser)
     parser.add_argument("--max-batch", type=int, default=64, help="slices per interpolator call")
     parser.add_argument("--out", default="results/eval/spatial_x4.csv", help="per-slice CSV to write")
@@ -270,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         datamodule = build_datamodule(class_path, init_args)
         subjects = datamodule.subjects(args.split)
         upsamplers = {
-            m: build_method(m, args.checkpoint, args.device, args.max_batch, args.pixel_checkpoint)
+            m: build_method(
+                m, args.checkpoint, args.device, args.max_batch, args.pixel_checkpoint, args.mean_draws
+            )
             for m in methods
         }
         segmenter = load_segmenter(args.segmenter, args.device) if args.segmenter else None

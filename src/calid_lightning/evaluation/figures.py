@@ -59,6 +59,7 @@ class UsageError(ValueError):
 
 LABELS = {
     "calid": "CaLID",
+    "calid_mean": "CaLID mean",
     "calid_sequential": "CaLID (sequential)",
     "lerp": "latent lerp",
     "slerp": "latent slerp",

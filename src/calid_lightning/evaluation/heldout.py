@@ -35,11 +35,13 @@ from calid_lightning.evaluation.segmentation import (
     segmentation_metrics,
     stack_volume_errors,
 )
-from calid_lightning.inference.interpolator import LatentBlend
+from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
 from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.baselines import IMAGE_BASELINES
 
-CHECKPOINT_METHODS = ("calid", "calid_sequential", "lerp", "slerp")
+CHECKPOINT_METHODS = ("calid", "calid_mean", "calid_sequential", "lerp", "slerp")
+MEAN_DRAWS = 4
+"""Noise draws averaged by ``calid_mean`` (the conditional-mean estimate) unless told otherwise."""
 PIXEL_METHODS = ("pixel",)
 IMAGE_METHODS = ("linear", "cubic", "nearest")
 SEGMENTER_METHODS = ("truth",)
@@ -113,12 +115,15 @@ def build_method(
     device: str = "cpu",
     max_batch: int = 64,
     pixel_checkpoint: str | None = None,
+    mean_draws: int = MEAN_DRAWS,
 ) -> Upsampler:
     """The upsampler of method ``name`` (one of :data:`METHODS`).
 
     ``calid`` / ``calid_sequential`` run the CaLID model through the autoregressive engine in bisection /
-    sequential order; ``lerp`` / ``slerp`` blend the same model's VAE latents; ``pixel`` runs the
-    pixel-space diffusion interpolator (``pixel_checkpoint``) through the engine in bisection order;
+    sequential order; ``calid_mean`` runs it in bisection order with the conditional-mean estimate
+    (:class:`~calid_lightning.inference.interpolator.ConditionalMean` over ``mean_draws`` noise draws),
+    the estimate for distortion metrics; ``lerp`` / ``slerp`` blend the same model's VAE latents; ``pixel``
+    runs the pixel-space diffusion interpolator (``pixel_checkpoint``) through the engine in bisection order;
     ``linear``, ``cubic`` and ``nearest`` interpolate the images along z; ``truth`` stands for the true
     slices (:class:`TrueSlices`). Raises ``ValueError`` for an unknown name or a missing checkpoint.
     """
@@ -136,7 +141,11 @@ def build_method(
     if not checkpoint:
         raise ValueError(f"method {name!r} needs a CaLIDSpatial checkpoint (--checkpoint CKPT)")
     model = load_calid(str(checkpoint), device)
-    interpolator = LatentBlend(model, name) if name in ("lerp", "slerp") else model
+    interpolator: Any = model
+    if name in ("lerp", "slerp"):
+        interpolator = LatentBlend(model, name)
+    elif name == "calid_mean":
+        interpolator = ConditionalMean(model, draws=mean_draws)
     order = "sequential" if name == "calid_sequential" else "bisection"
     return EngineUpsampler(interpolator, order=order, max_batch=max_batch, device=device)
 

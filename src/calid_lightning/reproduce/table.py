@@ -19,8 +19,8 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-    """A table column: CSV field, header, whether higher is better, digits (decimals, or significant digits
-    for ``style="g"``), median instead of mean."""
+    """A table column: CSV field, header, whether higher is better (or the ``target`` value that is best),
+    digits (decimals, or significant digits for ``style="g"``), median instead of mean."""
 
     field: str
     header: str
@@ -28,6 +28,7 @@ class Column:
     digits: int = 2
     median: bool = False
     style: str = "f"
+    target: float | None = None
 
 
 SLICE_COLUMNS = (
@@ -35,6 +36,7 @@ SLICE_COLUMNS = (
     Column("ssim", "SSIM", digits=3),
     Column("psnr_heart", "PSNR heart"),
     Column("ssim_heart", "SSIM heart", digits=3),
+    Column("hf_ratio", "HF energy / truth", target=1.0),
     Column("dice_lv", "Dice LV", digits=3),
     Column("dice_myo", "Dice myo", digits=3),
     Column("dice_rv", "Dice RV", digits=3),
@@ -51,6 +53,7 @@ CINE_COLUMNS = (
     Column("seconds_per_volume", "s/3D+t volume", higher_is_better=False, digits=3, median=True, style="g"),
 )
 METHOD_ORDER = (
+    "calid_mean",
     "calid",
     "calid_2dt",
     "calid_sequential",
@@ -62,7 +65,8 @@ METHOD_ORDER = (
     "nearest",
 )
 METHOD_NAMES = {
-    "calid": "CaLID (latent diffusion)",
+    "calid_mean": "CaLID, conditional mean",
+    "calid": "CaLID, one sample",
     "calid_sequential": "CaLID, sequential order",
     "calid_2dt": "CaLID 2D+T",
     "pixel": "pixel-space diffusion",
@@ -136,7 +140,9 @@ def markdown(summaries: Sequence[dict[str, object]], columns: Sequence[Column]) 
             for s in summaries
             if s["method"] != CEILING and not math.isnan(float(s[column.field]))
         ]
-        if len(values) > 1:
+        if len(values) > 1 and column.target is not None:
+            best[column.field] = min(values, key=lambda v, t=column.target: abs(v - t))
+        elif len(values) > 1:
             best[column.field] = max(values) if column.higher_is_better else min(values)
     lines = [
         "| method | n | " + " | ".join(c.header for c in columns) + " |",
