@@ -195,7 +195,18 @@ def test_cli_linear_end_to_end_oblique_4d(tmp_path: Path, capsys) -> None:
 def test_cli_nearest_with_samples_writes_std_and_spacing_grid(tmp_path: Path) -> None:
     src = write_oblique(tmp_path / "sparse.nii.gz")
     out = tmp_path / "dense.nii.gz"
-    args = ["--input", str(src), "--output", str(out), "--spacing", "4", "--samples", "2", "--quiet"]
+    args = [
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--spacing",
+        "4",
+        "--samples",
+        "2",
+        "--quiet",
+        "--force",
+    ]
     assert calid(["upsample", "--method", "nearest", *args]) == 0
     img, original = nib.load(str(out)), read_sparse_stack(src)
     dense, values = np.asanyarray(img.dataobj), original.values

@@ -172,7 +172,7 @@ def test_nifti_folder_3d_4d_label_suffix_and_map(tmp_path) -> None:
     ("unit", "value", "expected"), [("sec", 0.04, 40.0), ("msec", 25.0, 25.0), ("unknown", 1.0, None)]
 )
 def test_frame_duration_follows_header_time_unit(tmp_path, unit, value, expected) -> None:
-    image = np.ones((6, 5, 3, 4), dtype=np.float32)
+    image = np.arange(6 * 5 * 3 * 4, dtype=np.float32).reshape(6, 5, 3, 4) + 1
     write_nifti(tmp_path / "a.nii.gz", image, (1.5, 1.25, 8.0, value), time_unit=unit)
     subject = make_reader("nifti_folder", tmp_path).read("a")
     assert subject.frame_duration_ms == (pytest.approx(expected) if expected else None)

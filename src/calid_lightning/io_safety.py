@@ -96,21 +96,22 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(
-        prefix=f".{target.name}-", suffix=PARTIAL_TAG + file_extension(target.name), dir=folder
-    )
-    os.close(fd)
-    temp = Path(name)
-    try:
-        with sigterm_as_exit():
+    temp: Path | None = None
+    with sigterm_as_exit():
+        try:
+            fd, name = tempfile.mkstemp(
+                prefix=f".{target.name}-", suffix=PARTIAL_TAG + file_extension(target.name), dir=folder
+            )
+            temp = Path(name)
+            os.close(fd)
             yield temp
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
-            mode = target.stat().st_mode & 0o7777 if target.exists() else _default_mode()
-            os.chmod(temp, mode)
+            os.chmod(temp, target.stat().st_mode & 0o7777 if target.exists() else _default_mode())
             os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+        finally:
+            if temp is not None:
+                temp.unlink(missing_ok=True)
     _fsync_dir(folder)
 
 
@@ -148,8 +149,8 @@ def check_output_path(
     """Check that ``path`` may be written, before any expensive work; raises :class:`OutputPathError`.
 
     Refused: the path is (or links to) one of ``inputs``; it exists and ``overwrite`` is False; it is a
-    directory; its folder is missing (and cannot be created), not a folder, or not writable; fewer than
-    ``needed_bytes`` are free there. A missing folder is created (it is the user's chosen output place).
+    directory; its folder (or the first existing folder above it, where the missing ones will be created)
+    is a file or not writable; fewer than ``needed_bytes`` are free there. Nothing is created.
     """
     path = Path(path)
     for source in inputs:
@@ -159,13 +160,11 @@ def check_output_path(
         raise OutputPathError(path, "is a directory; expected a file name")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputPathError(path, "already exists; pass --overwrite to replace it")
-    folder = path.parent if str(path.parent) else Path(".")
-    if folder.exists() and not folder.is_dir():
-        raise OutputPathError(path, f"its folder {folder} is not a directory")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputPathError(path, f"cannot create its folder {folder} ({exc.strerror})") from exc
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the first existing ancestor: the missing folders are created there
+    if not folder.is_dir():
+        raise OutputPathError(path, f"{folder} is not a directory")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputPathError(path, f"its folder {folder} is not writable")
     if needed_bytes > 0:

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from calid_lightning.data.readers.nifti import load_image
+from calid_lightning.data.readers.nifti import check_affine, load_image
 from calid_lightning.data.subject import DataError
 from calid_lightning.inference.upsample import split_positions
+from calid_lightning.io_safety import atomic_save
 
 PERCENTILES = (1.0, 99.5)
 """The training normalisation (``calid_lightning.data.preprocess.normalise_intensity``)."""
@@ -75,9 +76,11 @@ def read_sparse_stack(path: str | Path, percentiles: tuple[float, float] = PERCE
     """Read a 3D ``(X, Y, Z)`` or 4D ``(X, Y, Z, T)`` NIfTI stack and normalise it like the training data.
 
     Raises :class:`DataError` naming the file for non-NIfTI input, 2D/5D images, fewer than 2 slices,
-    NaN/Inf voxels, all-zero or constant volumes.
+    NaN/Inf voxels, all-zero or constant volumes, and a singular or sheared affine (checked before any
+    model runs, since the output must be written with it).
     """
     volume = load_image(path, ndims=(3, 4))
+    check_affine(volume.path, volume.affine)
     values = volume.array if volume.array.ndim == 4 else volume.array[..., None]
     low, high = percentile_range(values, volume.path, percentiles)
     normalised = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
@@ -137,9 +140,7 @@ def _save(path: str | Path, sparse: SparseStack, volume: np.ndarray, new_dz: flo
     out.set_xyzt_units(*sparse.header.get_xyzt_units())
     for field in ("slice_code", "slice_start", "slice_end", "slice_duration"):
         out[field] = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(path))
-    return path
+    return atomic_save(path, lambda temp: nib.save(image, str(temp)))
 
 
 def write_dense_stack(

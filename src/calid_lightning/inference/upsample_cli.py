@@ -7,18 +7,29 @@ The checkpoint's kind is read from the file: a spatial CaLID upsamples a 4D cine
 CaLID generates each missing slice's whole cine at once (temporally coherent; the time spacing is kept).
 ``--samples N > 1`` also writes ``<output stem>_std.nii.gz``, the
 per-voxel standard deviation over N generations (an uncertainty map).
+
+Everything that can be checked is checked before the model runs: the options, the input file and its
+geometry, the checkpoint, and every output path (never the input itself, never an existing file without
+``--overwrite``, a writable folder with room for the result). Outputs are written to a temporary file and
+renamed into place, so an interrupted run (Ctrl-C, SIGTERM, full disk) leaves the old file or the new one.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from calid_lightning.cli_options import add_device_argument
+from calid_lightning.cli_options import (
+    add_device_argument,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from calid_lightning.data.subject import DataError
 from calid_lightning.inference.nifti_io import (
     frames_from_cine,
@@ -27,9 +38,18 @@ from calid_lightning.inference.nifti_io import (
     write_dense_stack,
     write_std_map,
 )
-from calid_lightning.inference.upsample import factor_positions, spacing_positions, upsample_stack
+from calid_lightning.inference.upsample import (
+    factor_positions,
+    spacing_positions,
+    split_positions,
+    upsample_stack,
+)
+from calid_lightning.io_safety import OutputPathError, check_output_path, sigterm_as_exit
 
 METHODS = ("calid", "linear", "nearest", "cubic")
+MAX_OUTPUT_SLICES = 1000
+"""More output slices than this is almost surely a typo in ``--spacing`` / ``--factor`` (``--force``)."""
+DISK_MARGIN_BYTES = 16 * 2**20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,22 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="sparse 3D (X,Y,Z) or 4D (X,Y,Z,T) NIfTI stack")
     parser.add_argument("--output", required=True, help="dense NIfTI to write (.nii or .nii.gz)")
     grid = parser.add_mutually_exclusive_group(required=True)
-    grid.add_argument("--factor", type=int, help="K: insert K-1 slices in every gap ((Z-1)*K+1 slices)")
-    grid.add_argument("--spacing", type=float, help="target slice spacing in mm (instead of --factor)")
+    grid.add_argument(
+        "--factor", type=positive_int, help="K: insert K-1 slices in every gap ((Z-1)*K+1 slices)"
+    )
+    grid.add_argument(
+        "--spacing",
+        type=positive_float,
+        help="target slice spacing in mm (instead of --factor); must divide the acquired spacing",
+    )
     parser.add_argument("--method", choices=METHODS, default="calid", help="calid needs --checkpoint")
     parser.add_argument("--checkpoint", help="CaLID checkpoint (.ckpt), spatial or 2D+T (read from the file)")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--order", choices=("bisection", "sequential"), default="bisection")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--samples", type=int, default=1, help="> 1: mean of N samples plus a std map")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--samples", type=positive_int, default=1, help="> 1: mean of N samples plus a std map"
+    )
     add_device_argument(parser)
     parser.add_argument(
         "--max-batch",
-        type=int,
+        type=positive_int,
         default=64,
         help="2D frames per interpolator call (a 2D+T model gets max-batch // T whole cines, at least one)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output (and std map)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=f"allow more than {MAX_OUTPUT_SLICES} output slices, or a --spacing whose grid misses acquired "
+        "slices (they then condition the gaps but are not copied to the output)",
+    )
     return parser
 
 
@@ -69,8 +104,63 @@ def _interpolator(args: argparse.Namespace):
     return None
 
 
+def _grid(parser: argparse.ArgumentParser, args: argparse.Namespace, num_slices: int, dz: float) -> tuple:
+    """Output positions and slice spacing; a grid that drops acquired slices or is absurd is refused."""
+    if args.spacing is None:
+        positions, new_dz = factor_positions(num_slices, args.factor), dz / args.factor
+    else:
+        if args.spacing > dz * (1 + 1e-6):
+            parser.error(
+                f"--spacing {args.spacing:g} is larger than the acquired spacing {dz:g} mm "
+                "(that would drop acquired slices; this tool only adds slices)"
+            )
+        ratio = dz / args.spacing
+        if abs(ratio - round(ratio)) > 1e-6 * max(1.0, ratio) and not args.force:
+            lower, upper = dz / math.ceil(ratio), dz / max(1, math.floor(ratio))
+            parser.error(
+                f"--spacing {args.spacing:g} does not divide the acquired spacing {dz:g} mm, so acquired "
+                f"slices would be resampled away; use --spacing {lower:g} or {upper:g} (or --force)"
+            )
+        positions, new_dz = spacing_positions(num_slices, dz, args.spacing), args.spacing
+        missed = num_slices - len(split_positions(positions)[0])
+        if missed:
+            print(
+                f"calid upsample: warning: {missed} acquired slice(s) are not on the output grid",
+                file=sys.stderr,
+            )
+    if len(positions) > MAX_OUTPUT_SLICES and not args.force:
+        option = f"--spacing {args.spacing:g}" if args.spacing is not None else f"--factor {args.factor}"
+        parser.error(
+            f"{option} asks for {len(positions)} output slices (more than {MAX_OUTPUT_SLICES}); "
+            "pass --force if that is meant"
+        )
+    return positions, new_dz
+
+
+def _check_outputs(args: argparse.Namespace, sparse, num_slices: int) -> None:
+    """The dense volume (and std map) may be written: not the input, not existing unless --overwrite, room."""
+    x, y, _, t = sparse.values.shape
+    volume_bytes = x * y * num_slices * t * 4 + 352
+    outputs = [Path(args.output)] + ([std_path(args.output)] if args.samples > 1 else [])
+    needed = volume_bytes * len(outputs) + DISK_MARGIN_BYTES
+    for path in outputs:
+        check_output_path(path, inputs=[sparse.path], overwrite=args.overwrite, needed_bytes=needed)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``calid upsample``; returns the exit status (2 for bad arguments, 1 for bad input files)."""
+    """Run ``calid upsample``; returns the exit status (2 for bad arguments, 1 for bad input files).
+
+    SIGTERM is handled like Ctrl-C (exit 143 / 130): a file being written is removed, the old one stays.
+    """
+    with sigterm_as_exit():
+        try:
+            return _run(argv)
+        except KeyboardInterrupt:
+            print("calid upsample: interrupted; no partial output left", file=sys.stderr)
+            return 130
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.method == "calid" and not args.checkpoint:
@@ -79,19 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--output {args.output}: must end in .nii or .nii.gz")
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint {args.checkpoint}: file not found")
-    if args.factor is not None and args.factor < 1:
-        parser.error(f"--factor must be a positive integer, got {args.factor}")
-    if args.samples < 1:
-        parser.error(f"--samples must be >= 1, got {args.samples}")
     try:
         sparse = read_sparse_stack(args.input)
-        dz = sparse.spacing[2]
-        if args.spacing is not None:
-            if args.spacing <= 0:
-                parser.error(f"--spacing must be positive, got {args.spacing}")
-            positions, new_dz = spacing_positions(sparse.num_slices, dz, args.spacing), args.spacing
-        else:
-            positions, new_dz = factor_positions(sparse.num_slices, args.factor), dz / args.factor
+        positions, new_dz = _grid(parser, args, sparse.num_slices, sparse.spacing[2])
+        try:
+            _check_outputs(args, sparse, len(positions))
+        except OutputPathError as exc:
+            parser.error(f"--output {exc}")
         start = time.perf_counter()
         interpolator = _interpolator(args)
         cine = getattr(interpolator, "task", None) == "cine"

@@ -21,6 +21,21 @@ from scipy import ndimage
 from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY, CardiacSubject, DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+PAIR_SUFFIXES = (".hdr", ".img", ".hdr.gz", ".img.gz")
+"""A NIfTI pair: header and voxels in two files (read like a single-file NIfTI)."""
+UNSUPPORTED_SUFFIXES = {
+    ".mnc": "MINC",
+    ".mnc.gz": "MINC",
+    ".mgh": "MGH (FreeSurfer)",
+    ".mgz": "MGH (FreeSurfer)",
+    ".dcm": "DICOM",
+    ".nrrd": "NRRD",
+    ".nhdr": "NRRD",
+    ".mha": "MetaImage",
+    ".mhd": "MetaImage",
+    ".par": "PAR/REC",
+    ".rec": "PAR/REC",
+}
 INTERNAL_LABELS = frozenset({0, LV_CAVITY, MYOCARDIUM, RV_CAVITY})
 ACDC_TO_INTERNAL: dict[int, int] = {0: 0, 1: RV_CAVITY, 2: MYOCARDIUM, 3: LV_CAVITY}
 """ACDC labels (1 RV cavity, 2 myocardium, 3 LV cavity) -> internal (1 LV, 2 myocardium, 3 RV cavity)."""
@@ -66,15 +81,30 @@ def require_nifti(directory: Path, stem: str) -> Path:
     return path
 
 
-def _open(path: Path) -> nib.Nifti1Image:
+def _unsupported(path: Path, kind: str) -> DataError:
+    return DataError(path, f"unsupported format {kind}; expected NIfTI (.nii, .nii.gz or a .hdr/.img pair)")
+
+
+def _open(path: Path) -> nib.Nifti1Pair:
+    """A NIfTI-1/2 image, single file or ``.hdr``/``.img`` pair; any other format is a one-line DataError."""
     if not path.is_file():
         raise DataError(path, "file not found")
+    name = path.name.lower()
+    for suffix, kind in UNSUPPORTED_SUFFIXES.items():
+        if name.endswith(suffix):
+            raise _unsupported(path, kind)
     try:
         img = nib.load(str(path))
     except _READ_ERRORS as exc:
         raise DataError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise DataError(path, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
+    except ImportError as exc:  # nibabel needs an optional package (h5py for MINC2, pydicom, ...)
+        raise _unsupported(path, f"(nibabel would need {exc.name or 'an optional package'})") from None
+    if not isinstance(img, nib.Nifti1Pair):
+        if isinstance(img, nib.AnalyzeImage):
+            raise DataError(
+                path, "an Analyze 7.5 header, not NIfTI: no reliable orientation; convert to NIfTI"
+            )
+        raise _unsupported(path, type(img).__name__.removesuffix("Image"))
     return img
 
 
@@ -96,7 +126,9 @@ def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
 
 def _raw_spacing(img: nib.Nifti1Image, path: Path) -> tuple[float, ...]:
     """pixdim[1:4] as stored: nibabel silently turns a zero spacing into 1 mm when it loads a header."""
-    with ImageOpener(str(path)) as handle:
+    holder = img.file_map.get("header") or img.file_map["image"]
+    header_file = holder.filename or str(path)
+    with ImageOpener(str(header_file)) as handle:
         header = img.header_class.from_fileobj(handle, check=False)
     return tuple(float(abs(z)) for z in header["pixdim"][1:4])
 
@@ -144,15 +176,57 @@ def load_image(
         raise DataError(path, f"only {array.shape[2]} slice(s) along Z; a short-axis stack needs at least 2")
     finite = np.isfinite(array)
     if not finite.all():
+        raw_values = np.asanyarray(img.dataobj)
+        if np.isfinite(raw_values).all():
+            peak = float(np.abs(raw_values).max())
+            raise DataError(
+                path, f"values out of float32 range (largest magnitude {peak:.3g}; float32 max 3.4e38)"
+            )
         raise DataError(path, f"{int((~finite).sum())} NaN/Inf voxels of {array.size}")
     if not array.any():
         raise DataError(path, "all voxels are zero (empty volume)")
+    if array.min() == array.max():
+        raise DataError(
+            path, f"constant intensity {float(array.flat[0])}: nothing to normalise or interpolate"
+        )
     raw = _raw_spacing(img, path)
     if not all(np.isfinite(z) and z > 0 for z in raw):
         raise DataError(path, f"header pixdim (voxel spacing) must be positive, got {raw}")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     affine = np.asarray(img.affine, dtype=np.float64)
     return Volume(path, array, zooms, affine, _frame_duration_ms(img, unknown_time_unit))
+
+
+SHEAR_TOLERANCE = 1e-3
+"""Largest |cosine| between two voxel axes of the affine still taken as perpendicular (about 0.06 degrees)."""
+
+
+def check_affine(path: str | Path, affine: np.ndarray) -> None:
+    """Refuse a voxel-to-world affine that cannot be inverted or written faithfully.
+
+    A zero (or NaN) column makes the geometry singular; a sheared matrix (axes not perpendicular) cannot be
+    stored in the NIfTI qform, so viewers that read the qform (SimpleITK, ITK-SNAP) would show the output
+    rotated against the input.
+    """
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    axes = ("X (in-plane)", "Y (in-plane)", "Z (slice)")
+    if not np.isfinite(matrix).all():
+        raise DataError(path, "affine (sform/qform) holds NaN/Inf values")
+    norms = np.linalg.norm(matrix, axis=0)
+    for axis, norm in zip(axes, norms, strict=True):
+        if norm < 1e-9:
+            raise DataError(path, f"affine is not invertible: its {axis} column is zero")
+    if abs(np.linalg.det(matrix)) < 1e-9 * float(np.prod(norms)):
+        raise DataError(path, "affine is not invertible (its voxel axes are parallel)")
+    cosines = (matrix / norms).T @ (matrix / norms)
+    worst = float(np.abs(cosines - np.eye(3)).max())
+    if worst > SHEAR_TOLERANCE:
+        degrees = float(np.degrees(np.arcsin(min(worst, 1.0))))
+        raise DataError(
+            path,
+            f"sheared affine (voxel axes {degrees:.2f} degrees from perpendicular): the output's qform could "
+            "not hold it and viewers would show it rotated; resample the input to a non-sheared grid first",
+        )
 
 
 def load_labels(
