@@ -8,10 +8,16 @@ Subjects already on disk with the same seed and settings are kept, so re-running
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tqdm import tqdm
 
+from calid_lightning.cli_options import (
+    non_negative_float,
+    non_negative_int,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 from calid_lightning.data.phantom import PATHOLOGIES, PhantomConfig, write_dataset
 
 
@@ -19,28 +25,50 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``calid phantom``."""
     d = PhantomConfig()
     p = argparse.ArgumentParser(prog="calid phantom", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="output folder (patientNNN/ sub-folders)")
-    p.add_argument("--subjects", type=int, default=20, help="number of subjects (default: %(default)s)")
+    p.add_argument("--out", type=output_folder, required=True, help="output folder (patientNNN/ sub-folders)")
     p.add_argument(
-        "--seed", type=int, default=0, help="data-set seed; subject i uses a seed derived from (seed, i)"
+        "--subjects", type=positive_int, default=20, help="number of subjects (default: %(default)s)"
     )
-    p.add_argument("--start-index", type=int, default=1, help="index of the first subject (default: 1)")
-    p.add_argument("--frames", type=int, default=d.frames, help="frames per cycle (default: %(default)s)")
     p.add_argument(
-        "--size", type=int, nargs=2, default=list(d.size), metavar=("X", "Y"), help="in-plane voxels"
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="data-set seed; subject i uses a seed derived from (seed, i)",
     )
-    p.add_argument("--pixel-spacing", type=float, default=None, help="mm; default: sampled per subject")
-    p.add_argument("--dense-spacing", type=float, default=d.dense_spacing, help="mm between dense slices")
-    p.add_argument("--dense-slices", type=int, default=None, help="dense slices; default: cover the heart")
-    p.add_argument("--sparse-factor", type=int, default=d.sparse_factor, help="keep every k-th dense slice")
+    p.add_argument(
+        "--start-index", type=non_negative_int, default=1, help="index of the first subject (default: 1)"
+    )
+    p.add_argument(
+        "--frames", type=positive_int, default=d.frames, help="frames per cycle (default: %(default)s)"
+    )
+    p.add_argument(
+        "--size", type=positive_int, nargs=2, default=list(d.size), metavar=("X", "Y"), help="in-plane voxels"
+    )
+    p.add_argument(
+        "--pixel-spacing", type=positive_float, default=None, help="mm; default: sampled per subject"
+    )
+    p.add_argument(
+        "--dense-spacing", type=positive_float, default=d.dense_spacing, help="mm between dense slices"
+    )
+    p.add_argument(
+        "--dense-slices", type=positive_int, default=None, help="dense slices; default: cover the heart"
+    )
+    p.add_argument(
+        "--sparse-factor", type=positive_int, default=d.sparse_factor, help="keep every k-th dense slice"
+    )
     p.add_argument(
         "--pathologies",
         default=",".join(d.pathologies),
         help=f"comma-separated subset of {','.join(PATHOLOGIES)}",
     )
-    p.add_argument("--slice-profile", type=float, default=None, help="acquired slice thickness in mm")
     p.add_argument(
-        "--breath-hold-mm", type=float, default=0.0, help="sigma of per-slice in-plane shifts (mm)"
+        "--slice-profile", type=positive_float, default=None, help="acquired slice thickness in mm"
+    )
+    p.add_argument(
+        "--breath-hold-mm",
+        type=non_negative_float,
+        default=0.0,
+        help="sigma of per-slice in-plane shifts (mm)",
     )
     p.add_argument("--no-noise", action="store_true", help="noise-free images")
     return p
