@@ -8,6 +8,7 @@ to what they drive; each exposes ``main(argv) -> int``.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 TOOLS: dict[str, str] = {
@@ -58,8 +59,39 @@ def run_lightning_cli(args: list[str] | None) -> None:
     )
 
 
+DEBUG_ENV = "CALID_DEBUG"
+"""Set to 1 to see the full traceback of a data error instead of its one-block message."""
+_WORKER_DATA_ERROR = "Caught DataError in DataLoader worker"
+
+
+def data_error_message(exc: BaseException) -> str | None:
+    """The user-facing text of a data error (also one re-raised from a DataLoader worker), else None."""
+    from calid_lightning.data.subject import DataError
+
+    if isinstance(exc, DataError):
+        return str(exc)
+    if isinstance(exc, RuntimeError) and str(exc).startswith(_WORKER_DATA_ERROR):
+        last = str(exc).strip().splitlines()[-1]
+        return last.split("DataError: ", 1)[-1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch ``calid <command> ...``."""
+    """Dispatch ``calid <command> ...``; a data error is one block on stderr and exit status 1.
+
+    ``CALID_DEBUG=1`` keeps the traceback.
+    """
+    try:
+        return _dispatch(argv)
+    except (ValueError, RuntimeError) as exc:
+        message = data_error_message(exc)
+        if message is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"calid: error: {message}\n(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _dispatch(argv: list[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in TOOLS:
         module = importlib.import_module(TOOLS[args[0]])
