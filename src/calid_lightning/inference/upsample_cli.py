@@ -213,4 +213,10 @@ def _run(argv: list[str] | None) -> int:
     except DataError as exc:
         print(f"calid upsample: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk or a folder that vanished while writing: the old file is kept
+        print(
+            f"calid upsample: error: {args.output}: cannot write ({exc.strerror or exc}); nothing replaced",
+            file=sys.stderr,
+        )
+        return 1
     return 0
