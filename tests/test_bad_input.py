@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 
+import nibabel as nib
 import numpy as np
 import pytest
 
+from calid_lightning.data.readers.nifti import load_image
 from calid_lightning.data.readers.registry import make_reader
 from calid_lightning.data.subject import DataError
 from layouts import (
@@ -189,3 +191,45 @@ def test_zero_voxel_spacing(tmp_path) -> None:
     write_nifti(tmp_path / "bad.nii.gz", image, (1.5, 1.5, 0.0, 0.03), affine=default_affine(SPACING))
     with pytest.raises(DataError, match=r"bad\.nii\.gz: header pixdim \(voxel spacing\) must be positive"):
         read_folder(tmp_path)
+
+
+def test_float64_beyond_float32_range(tmp_path) -> None:
+    image = heart_image(heart_labels()).astype(np.float64)
+    image[3, 4, 1, 2] = 1e300
+    write_nifti(tmp_path / "bad.nii.gz", image, (*SPACING, 0.03))
+    with pytest.raises(
+        DataError, match=r"bad\.nii\.gz: values out of float32 range \(largest magnitude 1e\+300"
+    ):
+        read_folder(tmp_path)
+
+
+def test_constant_intensity_refused_by_training_readers(tmp_path) -> None:
+    write_nifti(tmp_path / "bad.nii.gz", np.full(SHAPE, 7.0, dtype=np.float32), (*SPACING, 0.03))
+    with pytest.raises(DataError, match=r"bad\.nii\.gz: constant intensity 7\.0"):
+        read_folder(tmp_path)
+
+
+def test_nifti_pair_is_read_as_nifti(tmp_path) -> None:
+    image = heart_image(heart_labels())
+    nib.save(nib.Nifti1Pair(image, default_affine(SPACING)), str(tmp_path / "pair.hdr"))
+    for name in ("pair.hdr", "pair.img"):
+        volume = load_image(tmp_path / name)
+        assert np.array_equal(volume.array, image) and volume.spacing == pytest.approx(SPACING)
+
+
+def test_analyze_header_is_refused(tmp_path) -> None:
+    nib.save(nib.AnalyzeImage(heart_image(heart_labels())[..., 0], np.eye(4)), str(tmp_path / "old.hdr"))
+    with pytest.raises(DataError, match=r"old\.hdr: an Analyze 7\.5 header, not NIfTI"):
+        load_image(tmp_path / "old.hdr")
+
+
+@pytest.mark.parametrize(("name", "kind"), [("scan.mnc", "MINC"), ("brain.mgz", "MGH"), ("brain.mgh", "MGH")])
+def test_other_formats_are_one_line_unsupported(tmp_path, name, kind) -> None:
+    path = tmp_path / name
+    if name.startswith("brain"):
+        nib.save(nib.MGHImage(heart_image(heart_labels())[..., 0], np.eye(4)), str(path))
+    else:
+        path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 512)  # a MINC2 (HDF5) signature
+    with pytest.raises(DataError, match=rf"{name}: unsupported format {kind}.*expected NIfTI") as info:
+        load_image(path)
+    assert "\n" not in str(info.value)

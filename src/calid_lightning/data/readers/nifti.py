@@ -112,7 +112,8 @@ def _read_array(img: nib.Nifti1Image, path: Path, dtype: type | None) -> np.ndar
     try:
         if dtype is None:
             return np.asanyarray(img.dataobj)
-        return img.get_fdata(dtype=dtype, caching="unchanged")
+        with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported by load_image
+            return img.get_fdata(dtype=dtype, caching="unchanged")
     except _READ_ERRORS as exc:
         raise DataError(path, f"cannot read the voxel data, truncated or corrupt file ({exc})") from exc
 
