@@ -14,6 +14,10 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from calid_lightning.models.conditioning import expand_r, lerp
+
+__all__ = ["ConditionalMean", "LatentBlend", "SliceInterpolator", "expand_r", "lerp", "slerp"]
+
 
 @runtime_checkable
 class SliceInterpolator(Protocol):
@@ -43,17 +47,6 @@ class SliceInterpolator(Protocol):
         ``generator`` is a CPU generator: draw noise on the CPU, then move it to the device.
         """
         ...
-
-
-def expand_r(r: Tensor, like: Tensor) -> Tensor:
-    """Reshape per-item positions ``(N,)`` so they broadcast over the trailing dims of ``like``."""
-    return r.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def lerp(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
-    """Linear interpolation ``(1 - r) * below + r * above`` per item."""
-    w = expand_r(r, below)
-    return (1 - w) * below + w * above
 
 
 def slerp(below: Tensor, above: Tensor, r: Tensor, eps: float = 1e-7) -> Tensor:

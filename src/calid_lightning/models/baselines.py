@@ -23,8 +23,8 @@ import torch
 from scipy.interpolate import CubicSpline
 from torch import Tensor
 
-from calid_lightning.inference.interpolator import expand_r, lerp
 from calid_lightning.inference.upsample import factor_positions, split_positions
+from calid_lightning.models.conditioning import expand_r, lerp
 
 
 class _Identity:

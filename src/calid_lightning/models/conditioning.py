@@ -25,6 +25,17 @@ from torch import Tensor, nn
 from calid_lightning.models.attention import float32_attention
 
 
+def expand_r(r: Tensor, like: Tensor) -> Tensor:
+    """Reshape per-item positions ``(N,)`` so they broadcast over the trailing dims of ``like``."""
+    return r.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def lerp(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
+    """Linear interpolation ``(1 - r) * below + r * above`` per item."""
+    w = expand_r(r, below)
+    return (1 - w) * below + w * above
+
+
 def condition_input(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
     """Stack the neighbour latents and a constant r channel: (B, C, *S) x2 + (B,) -> (B, 2C + 1, *S)."""
     if below.shape != above.shape:

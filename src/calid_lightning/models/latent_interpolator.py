@@ -32,8 +32,10 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from calid_lightning.data.datasets import task_frames
+from calid_lightning.data.sampling import sample_train_example
 from calid_lightning.data.subject import DataError
-from calid_lightning.models.conditioning import ConditionalDenoiser
+from calid_lightning.models.conditioning import ConditionalDenoiser, lerp
 from calid_lightning.models.diffusion import (
     ddim_sample,
     make_schedulers,
@@ -42,6 +44,7 @@ from calid_lightning.models.diffusion import (
     training_target,
 )
 from calid_lightning.models.ema import EMA
+from calid_lightning.models.latent_cache import LatentCache, module_digest
 from calid_lightning.models.vae import VAEModule
 
 MODEL_CLASS_KEY = "calid_model_class"
@@ -99,6 +102,14 @@ class LatentInterpolatorBase(LightningModule):
             ``val_sample_batches`` validation batches with ``val_inference_steps`` DDIM steps and log
             ``val/psnr``, ``val/ssim`` and the linear-interpolation reference ``val/psnr_linear`` (0 = never).
         val_seed: seed of the validation noise, timesteps and sampling (the same every epoch).
+        latent_cache: encode every slice of the training subjects once at the start of fit
+            (:class:`~calid_lightning.models.latent_cache.LatentCache`, on disk under the DataModule's
+            ``cache_dir``/latents when it has one) and train on those latents instead of encoding three
+            slices per example; exact, since the VAE is frozen and spatial items are not augmented.
+        residual: diffuse the residual over latent lerp, ``(z - lerp(below, above, r)) * residual_scale``,
+            instead of the latent itself: the model starts at lerp and only learns the correction.
+            ``residual_scale`` (1 / std of the residual over training examples) is computed at the start
+            of the first fit and kept in the checkpoint.
         vae_hparams: set automatically to the VAE's hyperparameters, saved in the checkpoint; leave unset.
     """
 
@@ -136,6 +147,8 @@ class LatentInterpolatorBase(LightningModule):
         val_sample_batches: int = 1,
         val_inference_steps: int = 20,
         val_seed: int = 0,
+        latent_cache: bool = False,
+        residual: bool = False,
         vae_hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -164,6 +177,8 @@ class LatentInterpolatorBase(LightningModule):
         self._validation_runs = 0
         self._fit_seed = 0
         self._noise_step, self._micro_batch = -1, 0
+        self._latent_cache: LatentCache | None = None
+        self.register_buffer("residual_scale", torch.zeros(()))
 
     def _build_codec(self, vae_checkpoint: str | None, vae_hparams: dict[str, Any] | None) -> tuple[int, int]:
         """Attach the frozen VAE as ``self.vae``; returns its (latent channels, downsampling factor).
@@ -222,7 +237,28 @@ class LatentInterpolatorBase(LightningModule):
         def predict(sample: Tensor, t: Tensor) -> Tensor:
             return self._predict(denoiser, sample, t, below, above, r)
 
-        return ddim_sample(predict, self.ddim, noise, num_steps or self.hparams.num_inference_steps)
+        generated = ddim_sample(predict, self.ddim, noise, num_steps or self.hparams.num_inference_steps)
+        return self.from_diffused(generated, below, above, r)
+
+    def to_diffused(self, latent: Tensor, below: Tensor, above: Tensor, r: Tensor) -> Tensor:
+        """The variable the diffusion runs on: the latent, or its scaled residual over lerp (``residual``)."""
+        if not self.hparams.residual:
+            return latent
+        return (latent - lerp(below, above, r)) * self._residual_scale()
+
+    def from_diffused(self, diffused: Tensor, below: Tensor, above: Tensor, r: Tensor) -> Tensor:
+        """Inverse of :meth:`to_diffused`."""
+        if not self.hparams.residual:
+            return diffused
+        return lerp(below, above, r) + diffused / self._residual_scale()
+
+    def _residual_scale(self) -> Tensor:
+        if float(self.residual_scale) <= 0:
+            raise RuntimeError(
+                f"{type(self).__name__}(residual=True) has no residual_scale yet: it is computed at the "
+                "start of fit (or restored from a checkpoint)"
+            )
+        return self.residual_scale
 
     # ---- hooks for the item shape --------------------------------------------------------------------------
     def _predict(
@@ -260,23 +296,84 @@ class LatentInterpolatorBase(LightningModule):
                 f"{type(self).__name__} batch lacks {missing}; expected keys {self.batch_keys} "
                 f"(data task '{self.task}')"
             )
+        cached = self._cached_latents(batch)
+        if cached is not None:
+            return (*cached, batch["r"].float())
         below, above, target = (self.encode(batch[k]) for k in ("below", "above", "target"))
         return below, above, target, batch["r"].float()
+
+    def _cached_latents(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(below, above, target) latents from the latent cache, for training batches of cached subjects."""
+        cache = self._latent_cache
+        if cache is None or not self.training or "z_below" not in batch:
+            return None
+        ids = list(batch["subject_id"])
+        if not all(s in cache for s in ids):
+            return None
+        frames = batch["frame"]
+        return tuple(cache.lookup(ids, batch[key], frames) for key in ("z_below", "z_above", "z"))
+
+    def build_latent_cache(self, datamodule: Any) -> None:
+        """Encode the training subjects of ``datamodule`` (a CardiacDataModule) once (``latent_cache``)."""
+        cache_dir = getattr(datamodule.hparams, "cache_dir", None)
+        self._latent_cache = LatentCache.build(
+            self.encode,
+            (datamodule.prepared_subject(s) for s in datamodule.subjects("train")),
+            module_digest(self.vae),
+            self.device,
+            Path(cache_dir) / "latents" if cache_dir else None,
+        )
+
+    @torch.no_grad()
+    def fit_residual_scale(self, datamodule: Any, examples: int = 512, seed: int = 0) -> None:
+        """``residual_scale`` = 1 / std of ``z - lerp`` over ``examples`` fixed-seed training examples of
+        ``datamodule`` (a CardiacDataModule: ``subjects``, ``prepared_subject``, ``train_factors``)."""
+        rng = np.random.default_rng(seed)
+        subjects = datamodule.subjects("train")
+        residuals = []
+        for _ in range(examples):
+            prepared = datamodule.prepared_subject(subjects[int(rng.integers(len(subjects)))])
+            frames = task_frames(prepared, getattr(datamodule.hparams, "frames", "all"))
+            ex = sample_train_example(
+                prepared.subject_id, prepared.num_slices, datamodule.train_factors, frames, rng
+            )
+            images = torch.from_numpy(prepared.image[[ex.below, ex.above, ex.target], ex.frame].copy())
+            below, above, target = self.encode(images[:, None].to(self.device))
+            lerped = lerp(below[None], above[None], torch.tensor([ex.r], device=self.device))
+            residuals.append(target - lerped[0])
+        std = torch.stack(residuals).float().std()
+        self.residual_scale.fill_(1.0 / float(std.clamp_min(1e-6)))
 
     def _diffusion_loss(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
         below, above, target, r = latents = self._encode_batch(batch)
-        t = sample_timesteps(target.shape[0], self.ddpm.num_train_timesteps, target.device, generator)
-        noise = randn_like_from(target, generator)
-        noisy = self.ddpm.add_noise(target, noise, t)
+        clean = self.to_diffused(target, below, above, r)
+        t = sample_timesteps(clean.shape[0], self.ddpm.num_train_timesteps, clean.device, generator)
+        noise = randn_like_from(clean, generator)
+        noisy = self.ddpm.add_noise(clean, noise, t)
         prediction = self._predict(self.denoiser, noisy, t, below, above, r)
-        loss = self._regression_loss(prediction, training_target(self.ddpm, target, noise, t), batch)
+        loss = self._regression_loss(prediction, training_target(self.ddpm, clean, noise, t), batch)
         return loss, latents
 
     def on_fit_start(self) -> None:
-        """Remember the run's seed: training noise comes from (seed, step, micro-batch, rank)."""
+        """Remember the run's seed (training noise comes from (seed, step, micro-batch, rank)); build the
+        latent cache and, on a first fit, the residual scale."""
         self._fit_seed = torch.initial_seed()
+        cache_missing = self.hparams.latent_cache and self._latent_cache is None
+        scale_missing = self.hparams.residual and float(self.residual_scale) <= 0
+        if not (cache_missing or scale_missing):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "prepared_subject"):
+            raise ValueError(
+                f"{type(self).__name__}: latent_cache and residual need a CardiacDataModule as the fit's "
+                "datamodule (calid fit builds one from the data config)"
+            )
+        if cache_missing:
+            self.build_latent_cache(datamodule)
+        if scale_missing:
+            self.fit_residual_scale(datamodule)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """MSE between the denoiser's prediction and the noise / velocity at a random timestep.
