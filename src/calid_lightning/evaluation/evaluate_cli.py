@@ -56,6 +56,7 @@ from calid_lightning.evaluation.heldout import (
     evaluate_run,
 )
 from calid_lightning.evaluation.metrics import METRICS
+from calid_lightning.io_safety import atomic_path
 
 SUBJECT_FIELDS = ("subject", "method", "factor", "slices", *METRICS, "seconds_per_volume")
 TABLE_SEGMENTATION = (*SEGMENTATION_FIELDS, "abs_ef_error")
@@ -226,8 +227,7 @@ def summary_table(
 
 
 def write_csv(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as temp, temp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(fields))
         writer.writeheader()
         writer.writerows(rows)

@@ -49,6 +49,7 @@ from calid_lightning.evaluation.heldout import (
 )
 from calid_lightning.evaluation.metrics import HEART_LABELS, Box, slice_heart_boxes, slice_metrics
 from calid_lightning.inference.upsample import EngineUpsampler, upsample_stack
+from calid_lightning.io_safety import atomic_save
 
 DEFAULT_METHODS = "calid,lerp,linear,nearest"
 
@@ -365,7 +366,7 @@ def make_figures(
     columns += [(LABELS.get(n, n), d[z_local]) for n, d in dense.items()]
     truth_title = f"truth: z={view.first + z_local} (held out)\n{about}"
     written = [out / f"comparison_{tag}.png"]
-    comparison_figure(columns, view.truth[z_local], truth_title, row).savefig(written[-1])
+    atomic_save(written[-1], comparison_figure(columns, view.truth[z_local], truth_title, row).savefig)
 
     cuts = [("sparse input (nearest)", through_plane_image(view.truth, view.kept, row, nearest=True))]
     cuts += [(LABELS.get(n, n), through_plane_image(d, view.kept, row)) for n, d in dense.items()]
@@ -373,7 +374,7 @@ def make_figures(
     dx, dz = view.spacing[1], view.spacing[2]
     title = f"through-plane cut at image row {row}, {about} ({dz:g} mm slices, {dx:.2f} mm pixels)"
     written.append(out / f"through_plane_{tag}.png")
-    through_plane_figure(cuts, dz, dx, view.kept, view.first, title).savefig(written[-1])
+    atomic_save(written[-1], through_plane_figure(cuts, dz, dx, view.kept, view.first, title).savefig)
 
     engine = upsamplers.get("calid")
     if isinstance(engine, EngineUpsampler) and samples >= 2:
@@ -392,7 +393,8 @@ def make_figures(
             f"{overall:.2f} (all {len(view.heldout)} held-out slices)"
         )
         written.append(out / f"uncertainty_{tag}.png")
-        uncertainty_figure(mean[z_local], std[z_local], view.truth[z_local], box, title).savefig(written[-1])
+        figure = uncertainty_figure(mean[z_local], std[z_local], view.truth[z_local], box, title)
+        atomic_save(written[-1], figure.savefig)
         print(f"uncertainty: Pearson r(std, |error|) heart box {here:.3f} this slice, {overall:.3f} all")
     return written
 

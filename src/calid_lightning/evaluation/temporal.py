@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from calid_lightning.io_safety import atomic_save
+
 ArrayLike = Tensor | np.ndarray
 
 
@@ -116,7 +118,7 @@ def plot_intensity_over_time(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_save(path, fig.savefig)
     plt.close(fig)
     return path
 
@@ -160,6 +162,6 @@ def plot_methods_over_time(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_save(path, fig.savefig)
     plt.close(fig)
     return path

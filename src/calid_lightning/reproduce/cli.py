@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from calid_lightning.io_safety import atomic_write_text
 from calid_lightning.reproduce.profile import ProfileError, load_profile
 from calid_lightning.reproduce.runner import StageRunner, stage_keys, topological_order
 from calid_lightning.reproduce.stages import plan
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or profile.threads
     notes = table_notes(profile.name, profile.data, profile.evaluate, info, threads)
     md_path, csv_path = write_table(results / "eval", results, title, notes)
-    info_path.write_text(json.dumps(info, indent=1))
+    atomic_write_text(info_path, json.dumps(info, indent=1))
     print(md_path.read_text())
     print(f"wrote {md_path}, {csv_path} and {results / 'run_info.json'}")
     return 0

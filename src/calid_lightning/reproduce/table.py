@@ -16,6 +16,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from calid_lightning.io_safety import atomic_path, atomic_write_text
+
 
 @dataclasses.dataclass(frozen=True)
 class Column:
@@ -193,11 +195,11 @@ def write_table(eval_dir: Path, out_dir: Path, title: str, notes: Sequence[str] 
     text, rows = build_table(eval_dir, title, notes)
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
-    md_path.write_text(text)
+    atomic_write_text(md_path, text)
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    with csv_path.open("w", newline="") as handle:
+    with atomic_path(csv_path) as temp, temp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
