@@ -232,13 +232,14 @@ def test_cli_writes_the_acdc_layout(tmp_path: Path):
         phantom_main(["--out", str(out), "--pathologies", "XYZ"])
 
 
-def test_slice_profile_and_breath_hold_change_only_the_acquired_stack():
-    base = generate_subject(9, UNIT)
+def test_thin_truth_and_breath_hold_change_only_the_acquired_stack():
+    base = generate_subject(9, PhantomConfig(**{**UNIT.__dict__, "truth": "thin", "slice_profile": None}))
     kept = base.sparse_offset + base.sparse_factor * np.arange(base.sparse_image.shape[2])
-    thick = generate_subject(9, PhantomConfig(**{**UNIT.__dict__, "slice_profile": 8.0}))
-    np.testing.assert_array_equal(thick.image, base.image)
+    np.testing.assert_array_equal(base.sparse_image, base.image[:, :, kept])
+    thick = generate_subject(9, PhantomConfig(**{**UNIT.__dict__, "truth": "thin", "slice_profile": 8.0}))
+    np.testing.assert_allclose(thick.image, base.image, atol=1e-6)
     np.testing.assert_array_equal(thick.sparse_labels, base.labels[:, :, kept])
-    assert not np.allclose(thick.sparse_image, base.sparse_image)
+    assert not np.allclose(thick.sparse_image, base.sparse_image, atol=0.02)
     shifted = generate_subject(9, PhantomConfig(**{**UNIT.__dict__, "breath_hold_shift_mm": 3.0}))
     np.testing.assert_array_equal(shifted.labels, base.labels)
     assert not np.array_equal(shifted.sparse_labels, base.sparse_labels)

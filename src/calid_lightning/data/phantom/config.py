@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from calid_lightning.data.phantom.acquisition import FILTERS
+
 PATHOLOGIES: tuple[str, ...] = ("NOR", "DCM", "HCM", "MINF", "ARV")
 
 
@@ -21,9 +23,19 @@ class PhantomConfig:
     ``pixel_spacing=None`` samples the in-plane pixel per subject in 1.25-1.8 mm at 128 pixels and scales
     it by ``128 / size`` at other sizes, so a small test subject still holds the whole heart.
     ``dense_slices=None`` covers the heart from below the apex to the atria (about 12 acquired slices).
-    ``slice_profile`` (mm) and ``breath_hold_shift_mm`` make the acquired stack differ from the dense truth;
-    both are off by default, so the sparse stack is an exact subsample of the dense one.
     ``snr=None`` gives noise-free images; ``sparse_offset=None`` samples the first kept dense slice.
+
+    Acquisition (``docs/phantom.md``): anatomy is rendered ``supersample`` times finer in plane (edge pixels
+    only; uniform areas are exact at one sample) and in sub-slices of about ``subslice_mm`` through plane;
+    each slice integrates a box profile of ``slice_profile`` mm (None: one dense spacing), is truncated in
+    k-space to the matrix with ``kspace_filter`` ("none", "tukey", "hann"), gets complex noise and is stored
+    as a magnitude. ``truth="acquired"``: the dense truth is the same acquisition at the dense positions
+    (overlapping slabs), so the sparse stack is an exact subsample of it; ``truth="thin"``: dense slabs one
+    dense spacing thick (the sparse stack keeps ``slice_profile`` and then differs from the dense truth).
+    ``breath_hold_shift_mm`` (in-plane offset per acquired slice) also makes the sparse stack differ.
+    Texture: ``trabeculae`` (discrete trabeculae and papillary heads), ``flow`` (blood-pool signal
+    variation, 0 = off), ``chemical_shift`` (fat opposed in phase: a dark line at fat/water borders),
+    ``respiratory_blur_mm`` (in-plane motion blur along the phase-encoding axis, 0 = off).
     """
 
     size: tuple[int, int] = (128, 128)
@@ -32,13 +44,20 @@ class PhantomConfig:
     sparse_factor: int = 4
     frames: int = 25
     pathologies: tuple[str, ...] = ("NOR",)
-    slice_profile: float | None = None
+    slice_profile: float | None = 8.0
+    truth: str = "acquired"
+    supersample: int = 2
+    subslice_mm: float = 1.25
+    kspace_filter: str = "tukey"
+    trabeculae: bool = True
+    flow: float = 0.12
+    chemical_shift: bool = True
+    respiratory_blur_mm: float = 0.0
     breath_hold_shift_mm: float = 0.0
     dense_slices: int | None = None
     sparse_offset: int | None = None
     snr: tuple[float, float] | None = (15.0, 60.0)
     bias: tuple[float, float] = (0.15, 0.4)
-    blur_px: float = 0.5
 
     def __post_init__(self) -> None:
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -64,6 +83,18 @@ class PhantomConfig:
             )
         if self.slice_profile is not None and self.slice_profile <= 0:
             problems.append(f"slice_profile must be > 0 mm or None, got {self.slice_profile}")
+        if self.truth not in ("acquired", "thin"):
+            problems.append(f"truth must be 'acquired' or 'thin', got {self.truth!r}")
+        if self.supersample < 1:
+            problems.append(f"supersample must be >= 1, got {self.supersample}")
+        if self.subslice_mm <= 0:
+            problems.append(f"subslice_mm must be > 0 mm, got {self.subslice_mm}")
+        if self.kspace_filter not in FILTERS:
+            problems.append(f"kspace_filter must be one of {FILTERS}, got {self.kspace_filter!r}")
+        if not 0 <= self.flow < 1:
+            problems.append(f"flow must be in [0, 1), got {self.flow}")
+        if self.respiratory_blur_mm < 0:
+            problems.append(f"respiratory_blur_mm must be >= 0, got {self.respiratory_blur_mm}")
         if self.breath_hold_shift_mm < 0:
             problems.append(f"breath_hold_shift_mm must be >= 0, got {self.breath_hold_shift_mm}")
         if self.dense_slices is not None and self.dense_slices < self.sparse_factor + 1:

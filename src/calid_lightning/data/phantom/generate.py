@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
+from calid_lightning.data.phantom.acquisition import (
+    acquire_slices,
+    complex_noise,
+    lowpass_matrix,
+    magnitude,
+    majority_labels,
+    slab_weights,
+)
 from calid_lightning.data.phantom.anatomy import Heart, HeartGrid, heart_grid, render_heart, sample_heart
 from calid_lightning.data.phantom.config import PhantomConfig, PhantomSubject
-from calid_lightning.data.phantom.context import Context, bias_field, render_context, rician, sample_context
-from calid_lightning.data.phantom.io import patient_dir, read_params, write_subject
+from calid_lightning.data.phantom.context import Context, bias_field, render_context, sample_context
+from calid_lightning.data.phantom.io import claim_folder, patient_dir, read_params, write_subject
 from calid_lightning.data.phantom.motion import contraction, sample_cycle
 from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def subject_seed(seed: int, index: int) -> int:
@@ -32,36 +40,49 @@ def subject_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def _render(
-    heart: Heart,
-    ctx: Context,
-    contractions: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    z: np.ndarray,
-    blur_px: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free image and labels ``(X, Y, Z, T)`` at stack points ``x, y, z`` (broadcast to X, Y, Z)."""
-    full = heart_grid(heart, x, y, z)
-    shape = full.w.shape
-    box = _heart_box(heart, full)
-    grid = HeartGrid(full.u0[box], full.v0[box], full.w[box])
-    mediastinum = np.zeros(shape, bool)
-    scratch_img, scratch_lab = np.zeros(grid.w.shape, np.float32), np.zeros(grid.w.shape, np.uint8)
-    mediastinum[box] = render_heart(heart, grid, 0.0, scratch_img, scratch_lab, envelope_margin=5.0)
-    background = render_context(ctx, x - heart.centre[0], y - heart.centre[1], z, mediastinum)
-    image = np.empty((*shape, len(contractions)), np.float32)
-    labels = np.zeros((*shape, len(contractions)), np.uint8)
-    for t, c in enumerate(contractions):
-        image[..., t] = background
-        render_heart(heart, grid, float(c), image[..., t][box], labels[..., t][box])
-    if blur_px > 0:
-        image = gaussian_filter(image, sigma=(blur_px, blur_px, 0, 0), mode="nearest")
-    return image, labels
+SENTINEL = np.float32(-9.0)
+"""Marks points the heart does not draw in the one-sample-per-pixel pass (no tissue has this value)."""
 
 
-def _heart_box(heart: Heart, grid: HeartGrid) -> tuple[slice, slice, slice]:
-    """In-plane bounding box of everything the heart can draw (ventricles, atria, fat, envelope margin)."""
+@dataclass
+class Scene:
+    """The subject's static set-up for the acquisition: grids, candidate heart points, context, operators.
+
+    ``x, y`` are the target pixel centres (mm), ``zf`` the sub-slice centres; the fine grid has
+    ``s x s`` samples per pixel; ``weights`` maps sub-slices to the dense slabs, ``ax``/``ay`` are the
+    in-plane k-space truncations (:func:`~.acquisition.lowpass_matrix`).
+    """
+
+    heart: Heart
+    s: int
+    n_sub: int
+    margin: int
+    x: np.ndarray
+    y: np.ndarray
+    zf: np.ndarray
+    offsets: np.ndarray
+    candidates: np.ndarray
+    grid: HeartGrid
+    context: np.ndarray
+    weights: np.ndarray
+    ax: np.ndarray
+    ay: np.ndarray
+
+
+def _scene(
+    heart: Heart, ctx: Context, x: np.ndarray, y: np.ndarray, z: np.ndarray, dx: float, config: PhantomConfig
+) -> Scene:
+    """Grids, heart candidates, the static context rendered finely once and the acquisition operators."""
+    s, dz = config.supersample, config.dense_spacing
+    n_sub = max(1, round(dz / config.subslice_mm))
+    step = dz / n_sub
+    thick_truth = config.truth == "acquired" and config.slice_profile
+    thickness = float(config.slice_profile) if thick_truth else dz
+    margin = max(0, math.ceil((max(thickness, float(config.slice_profile or dz)) / 2 - dz / 2) / step))
+    zf = (z[0] - dz / 2 + step / 2 + step * (np.arange(len(z) * n_sub + 2 * margin) - margin)).astype(
+        np.float32
+    )
+    coarse = heart_grid(heart, x[:, None, None], y[None, :, None], zf[None, None, :])
     epi = heart.frame(0.0).epi_radius
     ra, rb = heart.rv_axes
     reach = max(
@@ -70,11 +91,77 @@ def _heart_box(heart: Heart, grid: HeartGrid) -> tuple[slice, slice, slice]:
         heart.rv_centre + 0.3 * ra + 30,
         0.3 * epi + 30,
     )
-    inside = (np.hypot(grid.u0, grid.v0) < reach + 20).any(axis=2)
-    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
-    if rows.size == 0:
-        return slice(0, 0), slice(0, 0), slice(None)
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1), slice(None)
+    top = heart.height + heart.base_tilt * reach + 50
+    near = (
+        (np.hypot(coarse.u0, coarse.v0) < reach + 15) & (coarse.w > -heart.apex_wall - 20) & (coarse.w < top)
+    )
+    loose = np.flatnonzero(near)
+    grid = HeartGrid(coarse.u0.flat[loose], coarse.v0.flat[loose], coarse.w.flat[loose])
+    scratch_img, scratch_lab = np.zeros(loose.size, np.float32), np.zeros(loose.size, np.uint8)
+    mediastinum = np.zeros(near.shape, bool)
+    mediastinum.flat[loose] = render_heart(heart, grid, 0.0, scratch_img, scratch_lab, envelope_margin=5.0)
+    # Every frame draws inside the union of the end-diastolic and end-systolic envelopes (with a margin).
+    inside = render_heart(heart, grid, 0.0, scratch_img, scratch_lab, envelope_margin=10.0)
+    inside |= render_heart(heart, grid, 1.0, scratch_img, scratch_lab, envelope_margin=10.0)
+    candidates = loose[inside]
+    grid = HeartGrid(grid.u0[inside], grid.v0[inside], grid.w[inside])
+    offsets = ((np.arange(s) - (s - 1) / 2) * dx / s).astype(np.float32)
+    xs = (x[:, None] + offsets).reshape(-1, 1, 1)
+    ys = (y[:, None] + offsets).reshape(1, -1, 1)
+    fine_mediastinum = np.repeat(np.repeat(mediastinum, s, axis=0), s, axis=1)
+    context = render_context(
+        ctx, xs - heart.centre[0], ys - heart.centre[1], zf[None, None, :], fine_mediastinum
+    )
+    weights = slab_weights(z.astype(np.float64), thickness, zf.astype(np.float64), step)
+    blur = config.respiratory_blur_mm
+    ax = lowpass_matrix(len(x), s, config.kspace_filter)
+    ay = lowpass_matrix(len(y), s, config.kspace_filter, blur_mm=blur, pixel_mm=dx)
+    return Scene(heart, s, n_sub, margin, x, y, zf, offsets, candidates, grid, context, weights, ax, ay)
+
+
+def _render_frame(scene: Scene, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """Finely sampled signal ``(X*s, Y*s, Zf)`` and labels of one frame at contraction ``c``.
+
+    One sample per pixel first; pixels whose 3x3 neighbourhood (in plane) is uniform keep that sample in
+    all ``s x s`` fine samples, the others (edges) are rendered at every fine sample.
+    """
+    heart, s = scene.heart, scene.s
+    nx, ny, nf = len(scene.x), len(scene.y), len(scene.zf)
+    values, labels = np.full(scene.candidates.size, SENTINEL), np.zeros(scene.candidates.size, np.uint8)
+    render_heart(heart, scene.grid, c, values, labels)
+    coarse = np.full((nx, ny, nf), SENTINEL)
+    coarse.flat[scene.candidates] = values
+    coarse_labels = np.zeros(coarse.shape, np.uint8)
+    coarse_labels.flat[scene.candidates] = labels
+    edge = np.zeros(coarse.shape, bool)
+    for sl_a, sl_b in (
+        ((slice(1, None),), (slice(None, -1),)),
+        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+        ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+        ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
+    ):
+        differ = (coarse[sl_a] != coarse[sl_b]) | (coarse_labels[sl_a] != coarse_labels[sl_b])
+        edge[sl_a] |= differ
+        edge[sl_b] |= differ
+    fine = scene.context.copy()
+    fine_labels = np.zeros(fine.shape, np.uint8)
+    view, label_view = fine.reshape(nx, s, ny, s, nf), fine_labels.reshape(nx, s, ny, s, nf)
+    ix, iy, iz = np.nonzero((coarse != SENTINEL) & ~edge)
+    view[ix, :, iy, :, iz] = coarse[ix, iy, iz][:, None, None]
+    label_view[ix, :, iy, :, iz] = coarse_labels[ix, iy, iz][:, None, None]
+    ex, ey, ez = np.nonzero(edge)
+    if ex.size:
+        off = scene.offsets
+        px = (scene.x[ex][:, None, None] + off[None, :, None]).astype(np.float32)
+        py = (scene.y[ey][:, None, None] + off[None, None, :]).astype(np.float32)
+        pz = np.broadcast_to(scene.zf[ez][:, None, None], (ex.size, s, s))
+        sub = heart_grid(heart, px, py, pz)
+        img_e = np.ascontiguousarray(view[ex, :, ey, :, ez])
+        lab_e = np.zeros(img_e.shape, np.uint8)
+        render_heart(heart, sub, c, img_e, lab_e)
+        view[ex, :, ey, :, ez] = img_e
+        label_view[ex, :, ey, :, ez] = lab_e
+    return fine, fine_labels
 
 
 def _wall_thickness(labels: np.ndarray, dx: float, dy: float) -> float:
@@ -130,20 +217,28 @@ def generate_subject(seed: int, config: PhantomConfig | None = None) -> PhantomS
     y = ((np.arange(ny) - (ny - 1) / 2) * dx).astype(np.float32)[None, :, None]
     z = (z0 + np.arange(nz) * dz).astype(np.float32)[None, None, :]
     c = contraction(np.arange(frames) / frames, cycle)
-    image, labels = _render(heart, ctx, c, x, y, z, config.blur_px)
-    bias = bias_field(bias_rng, x, y, z, bias_amp)
+    heart.flow_amplitude = config.flow
+    if not config.trabeculae:
+        heart.blobs = heart.blobs[:0]
+    if config.chemical_shift:  # fat opposed in phase to water: partial-volume voxels cancel at the border
+        heart.fat_intensity = -heart.fat_intensity
+        ctx.intensity["fat"] = -ctx.intensity["fat"]
     kept = offset + k * np.arange(n_sparse)
-    if config.slice_profile or config.breath_hold_shift_mm > 0:
-        sparse_image, sparse_labels = _acquire(heart, ctx, c, x, y, z[..., kept], shifts, config)
-    else:
-        sparse_image, sparse_labels = image[:, :, kept].copy(), labels[:, :, kept].copy()
+    image, labels, sparse_image, sparse_labels = _acquire(
+        _scene(heart, ctx, x.ravel(), y.ravel(), z.ravel(), dx, config), c, kept, shifts / dx, config
+    )
+    bias = bias_field(bias_rng, x, y, z, bias_amp)
     image *= bias[..., None]
-    sparse_image *= bias[:, :, kept, None]
-    if snr is not None:
-        noise = noise_rng.standard_normal((2, *image.shape), dtype=np.float32)
-        sigma = heart.blood / snr
-        image = rician(image, sigma, noise)
-        sparse_image = rician(sparse_image, sigma, noise[:, :, :, kept])
+    sigma = heart.blood / snr if snr is not None else None
+    noise = complex_noise(image.shape, noise_rng, config.kspace_filter) if sigma is not None else None
+    if sparse_image is None:
+        image = magnitude(image, sigma, noise)
+        sparse_image, sparse_labels = image[:, :, kept].copy(), labels[:, :, kept].copy()
+    else:
+        sparse_image *= bias[:, :, kept, None]
+        sparse_image = magnitude(sparse_image, sigma, None if noise is None else noise[:, :, kept])
+        image = magnitude(image, sigma, noise)
+    del noise
 
     voxel_ml = dx * dx * dz / 1000.0
     lv = np.count_nonzero(labels == LV_CAVITY, axis=(0, 1, 2)) * voxel_ml
@@ -207,29 +302,54 @@ def generate_subject(seed: int, config: PhantomConfig | None = None) -> PhantomS
 
 
 def _acquire(
-    heart: Heart,
-    ctx: Context,
-    c: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    z: np.ndarray,
-    shifts: np.ndarray,
-    config: PhantomConfig,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Render the acquired slices at ``z`` with per-slice in-plane shifts and a slice profile of finite width.
+    scene: Scene, contractions: np.ndarray, kept: np.ndarray, shifts_px: np.ndarray, config: PhantomConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Noise-free signed dense stack and labels ``(X, Y, Z, T)``; the sparse stack when it differs from it.
 
-    The profile is a box of ``slice_profile`` mm, integrated with sub-slices 1 mm apart; labels are taken at
-    the slice centre.
+    The sparse stack is the dense stack at ``kept`` (returned as None) unless the truth is thin with a
+    thicker acquired profile or slices have breath-hold offsets; then each acquired slice integrates its own
+    slab, shifted in plane by ``shifts_px`` (2, n) through its k-space operator, and its labels are the
+    dense labels moved by the nearest whole pixel.
     """
-    xs, ys = x + shifts[0][None, None, :], y + shifts[1][None, None, :]
-    image, labels = _render(heart, ctx, c, xs, ys, z, config.blur_px)
-    if config.slice_profile:
-        n = max(3, math.ceil(config.slice_profile)) | 1
-        for delta in np.linspace(-config.slice_profile / 2, config.slice_profile / 2, n):
-            if delta != 0:
-                image += _render(heart, ctx, c, xs, ys, z + np.float32(delta), config.blur_px)[0]
-        image /= n
-    return image, labels
+    nx, ny, nz, frames = len(scene.x), len(scene.y), scene.weights.shape[0], len(contractions)
+    s, n_sub, m = scene.s, scene.n_sub, scene.margin
+    separate = bool(np.any(shifts_px)) or (config.truth == "thin" and bool(config.slice_profile))
+    image = np.empty((nx, ny, nz, frames), np.float32)
+    labels = np.empty((nx, ny, nz, frames), np.uint8)
+    sparse_image = np.empty((nx, ny, len(kept), frames), np.float32) if separate else None
+    if separate:
+        step = config.dense_spacing / n_sub
+        centres = (scene.zf[m + n_sub * kept] + scene.zf[m + n_sub * kept + n_sub - 1]) / 2
+        thickness = float(config.slice_profile or config.dense_spacing)
+        sparse_weights = slab_weights(
+            centres.astype(np.float64), thickness, scene.zf.astype(np.float64), step
+        )
+        blur = config.respiratory_blur_mm
+        ops = [
+            (
+                lowpass_matrix(nx, s, config.kspace_filter, shift=float(sx)),
+                lowpass_matrix(ny, s, config.kspace_filter, blur, float(scene.x[1] - scene.x[0]), float(sy)),
+            )
+            for sx, sy in shifts_px.T
+        ]
+    for t, c in enumerate(contractions):
+        fine, fine_labels = _render_frame(scene, float(c))
+        image[..., t] = acquire_slices(fine, scene.weights, scene.ax, scene.ay)
+        labels[..., t] = majority_labels(fine_labels[:, :, m : m + nz * n_sub], s, n_sub)
+        if separate:
+            slabs = (fine.reshape(-1, fine.shape[2]) @ sparse_weights.T).reshape(*fine.shape[:2], -1)
+            for j, (ax, ay) in enumerate(ops):
+                sparse_image[:, :, j, t] = ax @ slabs[:, :, j] @ ay.T
+    if not separate:
+        return image, labels, None, None
+    sparse_labels = np.stack(
+        [
+            np.roll(labels[:, :, z], (round(float(sx)), round(float(sy))), axis=(0, 1))
+            for z, (sx, sy) in zip(kept, shifts_px.T, strict=True)
+        ],
+        axis=2,
+    )
+    return image, labels, sparse_image, sparse_labels
 
 
 def _is_cached(folder: Path, seed: int, config: PhantomConfig) -> bool:
@@ -254,10 +374,13 @@ def write_dataset(
     """Write ``subjects`` subjects as ``out/patientNNN`` (index from ``start_index``); return their folders.
 
     Subject ``i`` uses ``subject_seed(seed, i)``; a folder already holding that seed and config is kept.
+    ``out`` must be new, empty or the writer's own (its manifest); anything else raises
+    :class:`~.io.PhantomFolderError` before any subject is generated.
     ``progress`` is called with 1 after each subject (e.g. ``tqdm.update``).
     """
     config = config or PhantomConfig()
     out = Path(out)
+    claim_folder(out)  # refuse a folder the writer does not own before generating anything
     folders = []
     for index in range(start_index, start_index + subjects):
         s = subject_seed(seed, index)
