@@ -231,7 +231,14 @@ def test_cli_truth_with_an_oracle_segmenter(
 
 
 def test_summary_table_shows_segmentation_only_when_present() -> None:
-    base = {"method": "linear", "psnr": 30.0, "ssim": 0.9, "psnr_heart": 28.0, "ssim_heart": 0.8, "hf_ratio": 1.0}
+    base = {
+        "method": "linear",
+        "psnr": 30.0,
+        "ssim": 0.9,
+        "psnr_heart": 28.0,
+        "ssim_heart": 0.8,
+        "hf_ratio": 1.0,
+    }
     rows = [base | {"seconds_per_volume": 0.1}]
     assert "dice_lv" not in summary_table(rows, ["linear"])
     seg = dict.fromkeys(SUBJECT_SEGMENTATION_FIELDS, 0.5)
