@@ -19,6 +19,7 @@ from calid_lightning.cli_options import (
     positive_int,
 )
 from calid_lightning.data.phantom import PATHOLOGIES, PhantomConfig, write_dataset
+from calid_lightning.data.phantom.config import FILTERS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {','.join(PATHOLOGIES)}",
     )
     p.add_argument(
-        "--slice-profile", type=positive_float, default=None, help="acquired slice thickness in mm"
+        "--slice-profile",
+        type=positive_float,
+        default=d.slice_profile,
+        help="acquired slice thickness in mm (default: %(default)s)",
+    )
+    p.add_argument(
+        "--truth",
+        choices=("acquired", "thin"),
+        default=d.truth,
+        help="dense truth: the same acquisition at the dense positions, or thin slabs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--supersample",
+        type=positive_int,
+        default=d.supersample,
+        help="in-plane anatomy supersampling before k-space truncation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--kspace-filter",
+        choices=FILTERS,
+        default=d.kspace_filter,
+        help="k-space window of the truncation (default: %(default)s)",
     )
     p.add_argument(
         "--breath-hold-mm",
