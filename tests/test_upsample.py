@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from calid_lightning.inference.interpolator import LatentBlend, SliceInterpolator, lerp, slerp
+from calid_lightning.inference.progress import UpsampleProgress
 from calid_lightning.inference.upsample import (
     EngineUpsampler,
     factor_positions,
@@ -204,3 +205,39 @@ def test_latent_blend_adapter_and_uniform_wrapper() -> None:
     blend = EngineUpsampler(LatentBlend(ImageLinear(), "lerp")).upsample(stack, 2)
     torch.testing.assert_close(blend, linear_upsample(stack, factor_positions(3, 2)), atol=1e-6, rtol=0)
     assert EngineUpsampler(LatentBlend(ImageLinear(), "slerp")).upsample(stack, 2).shape == (5, 1, 1, 6, 7)
+
+
+class CountingProgress(UpsampleProgress):
+    """A silent progress bar that records every advance and the phase it happened in."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs, enabled=False)
+        self.advances: list[tuple[str, int]] = []
+
+    def advance(self, units: int = 1) -> None:
+        super().advance(units)
+        self.advances.append((self._phase, units))
+
+
+def test_progress_counts_generated_slices_times_frames_per_call_then_decode() -> None:
+    """Total = samples x (generated slices x items x frames + a decode); each call advances; same result."""
+    stack = torch.rand((3, 2, 1, 4, 8, 8), generator=torch.Generator().manual_seed(2))
+    positions = factor_positions(3, 4)  # 6 generated slices in 2 levels (2 gaps, then 4)
+    bar = CountingProgress(slices=6, frames=2 * 4, samples=2)
+    fake = Recorder(noise=0.1)
+    with_bar = upsample_stack(stack, positions, fake, samples=2, seed=5, max_batch=3, progress=bar)
+    plain = upsample_stack(stack, positions, Recorder(noise=0.1), samples=2, seed=5, max_batch=3)
+    assert bar.total == 2 * (6 * 2 * 4 + 1) and bar.n == bar.total
+    # level 1: 2 gaps x 2 items = 4 -> chunks of 3 and 1; level 2: 4 gaps x 2 items = 8 -> 3, 3, 2
+    per_sample = [("sampling", k * 4) for k in (3, 1, 3, 3, 2)] + [("decoding", 1)]
+    assert bar.advances == per_sample * 2
+    assert [c[0].shape[0] for c in fake.calls] == [3, 1, 3, 3, 2] * 2
+    assert torch.equal(with_bar.dense, plain.dense) and torch.equal(with_bar.std, plain.std)
+
+
+def test_progress_of_a_3d_stack_counts_slices() -> None:
+    stack = random_stack(z=4, n=1)
+    bar = CountingProgress(slices=9, frames=1)
+    upsample_stack(stack, factor_positions(4, 4), ImageLinear(), progress=bar)
+    assert bar.n == bar.total == 9 + 1
+    assert sum(units for phase, units in bar.advances if phase == "sampling") == 9

@@ -131,3 +131,24 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
     ]
     assert calid(["upsample", *args, "--device", "cpu"]) == 1
     assert "notes.ckpt" in capsys.readouterr().err
+
+
+def test_progress_counts_slices_x_frames_then_decode_and_writes(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """2 missing slices x 5 frames per sample, one decode per sample, then the output and the std map."""
+    src = write_cine(tmp_path / "sparse.nii.gz")
+    args = ["--checkpoint", str(checkpoint), "--input", str(src), "--output", str(tmp_path / "d.nii.gz")]
+    assert calid(["upsample", *args, "--factor", "2", "--steps", "1", "--samples", "2"]) == 0
+    err = capsys.readouterr().err
+    total = 2 * (2 * 5 + 1) + 2
+    assert "upsample 2 slices x 5 frames (writing)" in err and f"{total}/{total}" in err
+    assert f"{total + 1}/" not in err
+
+
+def test_progress_of_an_image_baseline_on_a_cine(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = write_cine(tmp_path / "sparse.nii.gz")
+    args = ["--method", "linear", "--input", str(src), "--output", str(tmp_path / "d.nii.gz")]
+    assert calid(["upsample", *args, "--factor", "4"]) == 0
+    total = 6 * 5 + 1 + 1  # 6 missing slices x 5 frames (frame by frame), one decode pass, one file
+    assert f"{total}/{total}" in capsys.readouterr().err

@@ -5,6 +5,8 @@ Each missing slice is generated from the two *known* slices that bracket it; onc
 known set and conditions the slices generated after it. The schedule (:func:`plan_levels`) depends only on
 the positions, so it is computed up front: one level = one target per gap, and all targets of a level (every
 gap, every item) go to the interpolator as one batch. Generated representations are decoded once, at the end.
+Progress (:class:`~calid_lightning.inference.progress.UpsampleProgress`) counts generated images per
+interpolator call, then the decode pass; it never changes what is computed.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from calid_lightning.inference.interpolator import SliceInterpolator
+from calid_lightning.inference.progress import UpsampleProgress
 
 Order = Literal["bisection", "sequential"]
 _INTEGER_TOL = 1e-6
@@ -151,7 +153,7 @@ def upsample_stack(
     num_steps: int | None = None,
     seed: int = 0,
     samples: int = 1,
-    progress: bool = False,
+    progress: bool | UpsampleProgress = False,
     max_batch: int = 64,
     device: torch.device | str | None = None,
 ) -> UpsampleResult:
@@ -163,6 +165,9 @@ def upsample_stack(
     (unbiased) standard deviation. The interpolator runs on ``device`` (default: the stack's) and gets a CPU
     ``torch.Generator`` (draw on the CPU, then move: a seed gives the same result on CPU and GPU); the result
     is on the stack's device. Deterministic for a fixed seed and ``max_batch``.
+
+    ``progress=True`` shows a bar of its own; an :class:`UpsampleProgress` (made by a caller that also
+    counts its file writes) is advanced by :meth:`UpsampleProgress.engine_units` and left open.
     """
     positions = [float(p) for p in target_positions]
     _check_inputs(stack, positions)
@@ -179,21 +184,27 @@ def upsample_stack(
     if not generated:
         return UpsampleResult(dense, torch.zeros_like(dense) if samples > 1 else None, positions)
 
+    frames = stack.shape[3] if stack.ndim == 6 else 1
+    own_bar = UpsampleProgress(len(generated), n_items * frames, samples, enabled=progress is True)
+    bar = progress if isinstance(progress, UpsampleProgress) else own_bar
     multiple = int(getattr(interpolator, "size_multiple", 1))
     needed = sorted({int(p) for level in plan for s in level for p in (s.below, s.above) if p == int(p)})
-    with torch.no_grad():
+    with own_bar, torch.no_grad():
+        bar.phase("encoding")
         images, (top, left) = pad_to_multiple(stack[needed].to(device), multiple)
         reps = _chunked(interpolator.encode, [images.flatten(0, 1)], max_batch)
         reps = reps.reshape(len(needed), n_items, *reps.shape[1:])
         known = {float(j): reps[k] for k, j in enumerate(needed)}
         out_index = sorted(generated)
         mean = m2 = None
-        bar = tqdm(total=samples * len(plan), disable=not progress, desc="upsample", unit="level")
         for s in range(samples):
             generator = torch.Generator().manual_seed(seed + s)
-            made = _run_plan(plan, known, interpolator, num_steps, generator, max_batch, n_items, bar)
+            bar.phase("sampling")
+            made = _run_plan(plan, known, interpolator, num_steps, generator, max_batch, n_items, bar, frames)
             flat = torch.cat([made[generated[i]] for i in out_index])
+            bar.phase("decoding")
             images = _chunked(interpolator.decode, [flat], max_batch)
+            bar.advance()
             images = images[..., top : top + h, left : left + w].reshape(
                 len(out_index), n_items, *stack.shape[2:]
             )
@@ -204,7 +215,6 @@ def upsample_stack(
                 delta = images - mean
                 mean = mean + delta / (s + 1)
                 m2 = m2 + delta * (images - mean)
-        bar.close()
     dense[out_index] = mean.to(stack.dtype)
     std = None
     if samples > 1:
@@ -221,14 +231,20 @@ def _run_plan(
     generator: torch.Generator,
     max_batch: int,
     n_items: int,
-    bar: tqdm,
+    bar: UpsampleProgress,
+    frames: int,
 ) -> dict[float, Tensor]:
-    """Run the schedule once; return the generated representations by position."""
+    """Run the schedule once; return the generated representations by position.
+
+    ``bar`` advances by ``frames`` per generated item after every interpolator call.
+    """
     reps = dict(known)
     made: dict[float, Tensor] = {}
 
     def interpolate(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
-        return interpolator.interpolate(below, above, r, num_steps=num_steps, generator=generator)
+        out = interpolator.interpolate(below, above, r, num_steps=num_steps, generator=generator)
+        bar.advance(below.shape[0] * frames)
+        return out
 
     for level in plan:
         below = torch.cat([reps[s.below] for s in level])
@@ -237,7 +253,6 @@ def _run_plan(
         out = _chunked(interpolate, [below, above, r], max_batch)
         for k, step in enumerate(level):
             reps[step.z] = made[step.z] = out[k * n_items : (k + 1) * n_items]
-        bar.update()
     return made
 
 

@@ -12,6 +12,9 @@ Everything that can be checked is checked before the model runs: the options, th
 geometry, the checkpoint, and every output path (never the input itself, never an existing file without
 ``--overwrite``, a writable folder with room for the result). Outputs are written to a temporary file and
 renamed into place, so an interrupted run (Ctrl-C, SIGTERM, full disk) leaves the old file or the new one.
+
+One progress bar (stderr, ``--quiet`` hides it) counts the generated slices (x frames for a cine) with an
+ETA, then the decode pass and the file writes: at 100 % the output is in place.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from calid_lightning.cli_options import (
     positive_int,
 )
 from calid_lightning.data.subject import DataError
+from calid_lightning.inference.interpolator import SliceInterpolator
 from calid_lightning.inference.nifti_io import (
     frames_from_cine,
     read_sparse_stack,
@@ -38,6 +42,7 @@ from calid_lightning.inference.nifti_io import (
     write_dense_stack,
     write_std_map,
 )
+from calid_lightning.inference.progress import UpsampleProgress
 from calid_lightning.inference.upsample import (
     factor_positions,
     spacing_positions,
@@ -147,6 +152,38 @@ def _check_outputs(args: argparse.Namespace, sparse, num_slices: int) -> None:
         check_output_path(path, inputs=[sparse.path], overwrite=args.overwrite, needed_bytes=needed)
 
 
+def _generate(
+    args: argparse.Namespace,
+    stack: torch.Tensor,
+    positions: list[float],
+    interpolator: SliceInterpolator | None,
+    bar: UpsampleProgress,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The dense stack (and the std map for ``--samples > 1``) in the layout of ``stack``."""
+    if interpolator is None:
+        from calid_lightning.models.baselines import IMAGE_BASELINES
+
+        bar.phase("interpolating")
+        dense = IMAGE_BASELINES[args.method].at(stack, positions)
+        bar.advance(UpsampleProgress.engine_units(bar.slices, bar.frames, 1, decode=False))
+        return dense, torch.zeros_like(dense) if args.samples > 1 else None
+    cine = stack.ndim == 6
+    max_batch = max(1, args.max_batch // stack.shape[3]) if cine else args.max_batch
+    result = upsample_stack(
+        stack,
+        positions,
+        interpolator,
+        order=args.order,
+        num_steps=args.steps,
+        seed=args.seed,
+        samples=args.samples,
+        progress=bar,
+        max_batch=max_batch,
+        device=args.device,
+    )
+    return result.dense, result.std
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``calid upsample``; returns the exit status (2 for bad arguments, 1 for bad input files).
 
@@ -179,37 +216,30 @@ def _run(argv: list[str] | None) -> int:
         start = time.perf_counter()
         interpolator = _interpolator(args)
         cine = getattr(interpolator, "task", None) == "cine"
-        if interpolator is None:
-            from calid_lightning.models.baselines import IMAGE_BASELINES
-
-            dense, std = IMAGE_BASELINES[args.method].at(sparse.stack, positions), None
-            if args.samples > 1:
-                std = torch.zeros_like(dense)
-        else:
-            stack = sparse.cine_stack if cine else sparse.stack
-            max_batch = max(1, args.max_batch // stack.shape[3]) if cine else args.max_batch
-            result = upsample_stack(
-                stack,
-                positions,
-                interpolator,
-                order=args.order,
-                num_steps=args.steps,
-                seed=args.seed,
-                samples=args.samples,
-                progress=not args.quiet,
-                max_batch=max_batch,
-                device=args.device,
-            )
-            dense, std = result.dense, result.std
+        stack = sparse.cine_stack if cine else sparse.stack
+        files = 2 if args.samples > 1 else 1
+        generated = len(split_positions(positions)[1])
+        frames = stack.shape[1] * (stack.shape[3] if stack.ndim == 6 else 1)
+        samples = args.samples if interpolator is not None else 1
+        with UpsampleProgress(
+            generated, frames, samples, files, decode=interpolator is not None, enabled=not args.quiet
+        ) as bar:
+            dense, std = _generate(args, stack, positions, interpolator, bar)
             if cine:
                 dense = frames_from_cine(dense)
                 std = frames_from_cine(std) if std is not None else None
-        seconds = time.perf_counter() - start
-        written = write_dense_stack(args.output, sparse, dense, positions, new_dz)
+            seconds = time.perf_counter() - start
+            bar.phase("writing")
+            written = write_dense_stack(args.output, sparse, dense, positions, new_dz)
+            bar.advance()
+            std_written = None
+            if std is not None:
+                std_written = write_std_map(std_path(args.output), sparse, std, positions, new_dz)
+                bar.advance()
         method = f"{args.method} 2D+T" if cine else args.method
         print(f"wrote {written} ({len(positions)} slices at {new_dz:g} mm, {method}, {seconds:.2f} s)")
-        if std is not None:
-            print(f"wrote {write_std_map(std_path(args.output), sparse, std, positions, new_dz)} (std map)")
+        if std_written is not None:
+            print(f"wrote {std_written} (std map)")
     except DataError as exc:
         print(f"calid upsample: error: {exc}", file=sys.stderr)
         return 1
