@@ -34,7 +34,7 @@ from calid_lightning.cli_options import (
     positive_int,
 )
 from calid_lightning.data.subject import DataError
-from calid_lightning.inference.interpolator import SliceInterpolator
+from calid_lightning.inference.interpolator import ConditionalMean, SliceInterpolator
 from calid_lightning.inference.nifti_io import (
     frames_from_cine,
     read_sparse_stack,
@@ -74,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="CaLID checkpoint (.ckpt), spatial or 2D+T (read from the file)")
     parser.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--order", choices=("bisection", "sequential"), default="bisection")
+    parser.add_argument(
+        "--estimate",
+        choices=("sample", "mean"),
+        default="sample",
+        help="calid: one DDIM sample (realistic texture; for segmentation and viewing) or the conditional "
+        "mean (the x0-prediction averaged over --mean-draws noise draws: best PSNR/SSIM, smoother)",
+    )
+    parser.add_argument(
+        "--mean-draws", type=positive_int, default=4, help="noise draws of --estimate mean (default 4)"
+    )
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(
         "--samples", type=positive_int, default=1, help="> 1: mean of N samples plus a std map"
@@ -101,7 +111,8 @@ def _interpolator(args: argparse.Namespace):
     if args.method == "calid":
         from calid_lightning.models.latent_interpolator import load_interpolator
 
-        return load_interpolator(args.checkpoint, map_location=args.device).to(args.device)
+        model = load_interpolator(args.checkpoint, map_location=args.device).to(args.device)
+        return ConditionalMean(model, draws=args.mean_draws) if args.estimate == "mean" else model
     if args.method == "linear":
         from calid_lightning.models.baselines import ImageLinear
 
