@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -680,3 +681,93 @@ def test_step_checkpoint_saves_the_final_step_between_periodic_saves(tmp_path: P
     trainer.fit(BoringModel())
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 5
     assert sorted(p.name for p in tmp_path.glob("step=*.ckpt")) == ["step=4.ckpt", "step=5.ckpt"]  # rotated
+
+
+def _boring_fit(root: Path, max_steps: int, *extra: str) -> list[str]:
+    """``calid fit`` of a BoringModel whose StepModelCheckpoint writes to ``root/checkpoints``."""
+    callback = {
+        "class_path": "calid_lightning.fault_tolerance.StepModelCheckpoint",
+        "init_args": {
+            "dirpath": str(root / "checkpoints"),
+            "filename": "{step}",
+            "every_n_train_steps": 2,
+            "monitor": "step",
+            "mode": "max",
+            "save_top_k": 2,
+            "save_last": True,
+        },
+    }
+    return [
+        "fit",
+        "--model=lightning.pytorch.demos.boring_classes.BoringModel",
+        "--data=lightning.pytorch.demos.boring_classes.BoringDataModule",
+        f"--trainer.max_steps={max_steps}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.callbacks=[{json.dumps(callback)}]",
+        *extra,
+    ]
+
+
+def test_fit_refuses_a_folder_with_checkpoints_and_resume_overwrites_last_ckpt(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A second fit into the same folder: one line naming it (nothing written); --ckpt_path last resumes and
+    replaces last.ckpt (no last-v1.ckpt); the checkpoint written last is complete, no partial file left."""
+    from calid_lightning.cli import main as calid
+
+    folder = tmp_path / "checkpoints"
+    assert calid(_boring_fit(tmp_path, 3)) == 0
+    first = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(first) == ["last.ckpt", "step=2.ckpt", "step=3.ckpt"]
+    listing = sorted(str(p) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+
+    assert calid(_boring_fit(tmp_path, 5)) == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint folder {folder} already holds checkpoints" in err
+    assert "--ckpt_path last" in err and "--trainer.default_root_dir" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == first
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == listing
+
+    assert calid(_boring_fit(tmp_path, 5, "--ckpt_path=last")) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step=4.ckpt", "step=5.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 5
+
+    assert calid(_boring_fit(tmp_path / "new", 2)) == 0  # an explicit new root starts a fresh run
+    assert torch.load(tmp_path / "new" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_step_checkpoint_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that fails half-way leaves the previous last.ckpt as it was and no partial file."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from calid_lightning.fault_tolerance import StepModelCheckpoint
+
+    def trainer(steps: int) -> Trainer:
+        callback = StepModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+        return Trainer(
+            max_steps=steps,
+            callbacks=[callback],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            accelerator="cpu",
+        )
+
+    trainer(2).fit(BoringModel())
+    before = (tmp_path / "last.ckpt").read_bytes()
+
+    def broken_save(checkpoint: dict, path: str, storage_options: Any = None) -> None:
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    failing = trainer(4)
+    monkeypatch.setattr(failing.strategy.checkpoint_io, "save_checkpoint", broken_save)
+    with pytest.raises(OSError, match="No space left"):
+        failing.fit(BoringModel(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert (tmp_path / "last.ckpt").read_bytes() == before and sorted(os.listdir(tmp_path)) == ["last.ckpt"]

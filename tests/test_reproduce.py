@@ -140,11 +140,22 @@ def test_training_stage_resumes_or_starts_clean(tmp_path: Path, fake_module: str
     assert calls(tmp_path, "vae")[-1] == f"--ckpt_path {checkpoint}"
 
     (tmp_path / "state" / "stamps" / "vae.json").unlink()
-    started.write_text("another-key")  # started with other settings: wipe the folder, start afresh
-    runner, _ = quiet_runner(tmp_path)
+    started.write_text(
+        "another-key"
+    )  # started with other settings: remove what calid fit wrote, start afresh
+    written = [run_dir / "csv" / "version_0" / "metrics.csv", run_dir / "wandb" / "offline-run-1" / "x.wandb"]
+    written += [run_dir / "config.yaml", run_dir / "checkpoints" / "vae-step=4.ckpt"]
+    for path in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("from the earlier run")
+    notes = run_dir / "notes.txt"
+    notes.write_text("a user's file")
+    runner, lines = quiet_runner(tmp_path)
     assert runner.run([train])
     assert calls(tmp_path, "vae")[-1] == ""
-    assert not checkpoint.exists()
+    assert not checkpoint.exists() and not any(p.exists() for p in written)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"] and notes.read_text() == "a user's file"
+    assert f"vae: kept 1 file(s) not from calid in {run_dir}" in "\n".join(lines)
 
 
 def test_training_overrides_move_paths_and_keep_other_callbacks(tmp_path: Path) -> None:

@@ -160,6 +160,8 @@ def test_offline_random_needs_count_and_stops_at_it(tmp_path: Path) -> None:
     results = run_offline(config, "fake", 2, tmp_path / "sweeps")
     assert len(results) == 2 and all(r.status == "finished" for r in results)
     assert [r.metric for r in results] == [10 * r.params["x"] for r in results]
+    again = run_offline(config, "fake", 1, tmp_path / "sweeps")  # a re-run: new folders, old trials kept
+    assert [r.name for r in again] == ["trial-002"] and all(r.folder.is_dir() for r in results)
 
 
 @pytest.mark.slow

@@ -32,6 +32,8 @@ def run_lightning_cli(args: list[str] | None) -> None:
 
     The DataModule class defaults to :data:`DEFAULT_DATAMODULE`, so an experiment config may set
     ``data.init_args`` (task, crop size) before or after the data-source config without naming the class.
+    ``fit`` refuses to start a new run into a checkpoint folder that holds checkpoints
+    (:func:`~calid_lightning.fault_tolerance.check_new_run`).
     W&B runs offline when no credentials are present (:func:`~calid_lightning.tracking.ensure_wandb_mode`),
     and the resolved config goes to every logger (:class:`~calid_lightning.tracking.LoggedConfigCallback`).
     """
@@ -46,6 +48,12 @@ def run_lightning_cli(args: list[str] | None) -> None:
     class CalidCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.set_defaults({"data": {"class_path": DEFAULT_DATAMODULE}})
+
+        def before_fit(self) -> None:
+            """A new run never starts into another run's checkpoint folder (resume with --ckpt_path last)."""
+            from calid_lightning.fault_tolerance import check_new_run
+
+            check_new_run(self.trainer, self.config[self.subcommand].get("ckpt_path"))
 
     CalidCLI(
         LightningModule,
@@ -65,10 +73,11 @@ _WORKER_DATA_ERROR = "Caught DataError in DataLoader worker"
 
 
 def data_error_message(exc: BaseException) -> str | None:
-    """The user-facing text of a data error (also one re-raised from a DataLoader worker), else None."""
+    """The user-facing text of a data or run-folder error (also one from a DataLoader worker), else None."""
     from calid_lightning.data.subject import DataError
+    from calid_lightning.fault_tolerance import RunFolderError
 
-    if isinstance(exc, DataError):
+    if isinstance(exc, (DataError, RunFolderError)):
         return str(exc)
     if isinstance(exc, RuntimeError) and str(exc).startswith(_WORKER_DATA_ERROR):
         last = str(exc).strip().splitlines()[-1]

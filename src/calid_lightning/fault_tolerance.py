@@ -14,6 +14,10 @@ module adds what it lacks:
 * :class:`ResumableDataLoader` lets Lightning resume a map-style training DataLoader mid-epoch (a plain one
   restarts the epoch's sampler at index 0), so a resume from a periodic checkpoint inside an epoch is exact
   too (with ``num_workers=0``; worker processes have RNG states of their own).
+* :class:`StepModelCheckpoint` saves the final step too, writes each checkpoint to a temporary file renamed
+  into place, and overwrites its own ``last.ckpt`` instead of versioning it (``last-v1.ckpt`` beside a stale
+  ``last.ckpt``); :func:`check_new_run` (called by ``calid fit``) refuses to start a new run into a
+  checkpoint folder that already holds checkpoints, so ``last.ckpt`` is always the newest of one run.
 * :func:`resume_checkpoint` (``python -m calid_lightning.fault_tolerance resume-path``) picks the checkpoint
   a restarted job should continue from: the newest of the SLURM ``hpc_ckpt_*.ckpt`` and the ``last*.ckpt``
   files of the config's ``ModelCheckpoint`` folders (Lightning itself prefers an HPC checkpoint even when
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import random
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -41,6 +46,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from torch.utils.data import DataLoader
+
+from calid_lightning.io_safety import PARTIAL_TAG
 
 HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
 LAST_CHECKPOINT_GLOB = "last*.ckpt"
@@ -204,12 +211,37 @@ class ResumableDataLoader(DataLoader):
 
 
 class StepModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also saves when training ends, so ``last.ckpt`` always holds the final step.
+    """``ModelCheckpoint`` whose ``last.ckpt`` is always the newest checkpoint of this run, complete.
 
-    With ``every_n_train_steps`` alone, a ``max_steps`` that is not a multiple of it ends between two saves
-    and ``last.ckpt`` misses the final weights (for the VAE: its latent scale factor, computed at the last
-    step). Everything else is Lightning's ``ModelCheckpoint`` (rotation with ``monitor: step``).
+    * It also saves when training ends: with ``every_n_train_steps`` alone, a ``max_steps`` that is not a
+      multiple of it ends between two saves and ``last.ckpt`` misses the final weights (for the VAE: its
+      latent scale factor, computed at the last step).
+    * It overwrites its files instead of versioning them (Lightning's default writes ``last-v1.ckpt`` beside
+      an older ``last.ckpt``, which the next stage would then read); ``calid fit`` refuses to start a new run
+      into a folder that holds checkpoints (:func:`check_new_run`), so nothing of another run is overwritten.
+    * Each file is written to a hidden temporary file and renamed into place, so an interrupted save leaves
+      the previous checkpoint, never a truncated one.
+
+    Everything else is Lightning's ``ModelCheckpoint`` (rotation with ``monitor: step``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(*args, **kwargs)
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        target = Path(filepath)
+        temp = target.with_name(f".{target.name}{PARTIAL_TAG}")  # the same name on every rank
+        try:
+            super()._save_checkpoint(trainer, str(temp))  # every rank calls it; rank zero writes
+            if trainer.is_global_zero:
+                with open(temp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(temp, target)
+        finally:
+            if trainer.is_global_zero:
+                temp.unlink(missing_ok=True)
+        self._last_checkpoint_saved = filepath
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip_saving_checkpoint(trainer):
@@ -311,6 +343,38 @@ def non_finite_message(trainer: Trainer, name: str, value: float, applied: bool)
         f"--model.init_args.grad_clip_norm=1.0 for the VAE with a discriminator), {precision}or look for "
         "bad input data."
     )
+
+
+class RunFolderError(ValueError):
+    """``calid fit`` would start a new run into a folder holding another run's checkpoints."""
+
+
+def check_new_run(trainer: Trainer, ckpt_path: str | Path | None) -> None:
+    """Refuse a new run whose checkpoint folders already hold checkpoints; raises :class:`RunFolderError`.
+
+    A resume (``ckpt_path`` ``last`` / ``hpc``, or a file in one of the trainer's checkpoint folders or its
+    ``default_root_dir``) continues the run there and passes. Anything else would mix two runs in one folder:
+    the new run would overwrite the old run's ``last.ckpt`` step by step, and until then a reader of
+    ``last.ckpt`` gets the old model.
+    """
+    folders = [
+        Path(c.dirpath) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath
+    ]
+    if ckpt_path is not None:
+        if str(ckpt_path) in ("last", "hpc"):
+            return
+        parent = Path(ckpt_path).resolve().parent
+        if parent in {f.resolve() for f in folders} | {Path(trainer.default_root_dir).resolve()}:
+            return
+    for folder in dict.fromkeys(folders):
+        found = sorted(p.name for p in folder.glob("*.ckpt") if not p.name.startswith("."))
+        if found:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise RunFolderError(
+                f"checkpoint folder {folder} already holds checkpoints of an earlier run ({shown}): resume "
+                "that run with --ckpt_path last, or start a new one in a new folder with "
+                "--trainer.default_root_dir DIR"
+            )
 
 
 def checkpoint_dirs(configs: Sequence[str | Path]) -> list[Path]:

@@ -200,6 +200,15 @@ def _sweep_run(result: TrialResult, metric: str, config: dict[str, Any]) -> Any:
     )
 
 
+def first_free_trial(sweep_dir: Path) -> int:
+    """The first offline trial number after the ``trial-NNN`` folders already in ``sweep_dir``.
+
+    A re-run of a sweep then writes new folders: ``calid fit`` refuses a folder holding checkpoints.
+    """
+    numbers = [int(p.name[6:]) for p in sweep_dir.glob("trial-*") if p.name[6:].isdigit()]
+    return max(numbers, default=-1) + 1
+
+
 def run_offline(
     config: dict[str, Any],
     name: str,
@@ -217,12 +226,13 @@ def run_offline(
     param_names = list(config["parameters"])
     runs: list[Any] = []
     results: list[TrialResult] = []
+    first = first_free_trial(out_dir / name)
     while count is None or len(results) < count:
         suggestion = next_run(config, runs, validate=True)
         if suggestion is None:  # a grid with every point done
             break
         params = {key: value["value"] for key, value in suggestion.config.items()}
-        trial = f"trial-{len(results):03d}"
+        trial = f"trial-{first + len(results):03d}"
         folder = out_dir / name / trial
         command = expand_command(config, params, [*trial_overrides(folder, trial, name, project), *extra])
         print(f"{trial}: {params}")

@@ -4,7 +4,8 @@ A stage counts as finished when its stamp (``<state>/stamps/<stage>.json``) hold
 its outputs exist; the key hashes its command, the contents of its input configs and the keys of the stages it
 needs, so editing a config re-runs that stage and everything after it. A training stage that was interrupted
 (started with the same key, ``last.ckpt`` present) resumes from its last checkpoint; one whose key changed
-starts again from an empty folder. Each stage writes its output to ``<state>/logs/<stage>.log``.
+starts again after removing what ``calid fit`` wrote in its folder (other files stay). Each stage writes its
+output to ``<state>/logs/<stage>.log``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-from calid_lightning.reproduce.stages import Stage, last_checkpoint
+from calid_lightning.reproduce.stages import Stage, clear_run_folder, last_checkpoint
 
 
 def topological_order(stages: Sequence[Stage]) -> list[Stage]:
@@ -144,7 +144,9 @@ class StageRunner:
                 argv += ["--ckpt_path", str(checkpoint)]
                 self.echo(f"  {stage.name}: resuming from {checkpoint}")
             elif stage.run_dir.exists():
-                shutil.rmtree(stage.run_dir)
+                kept = clear_run_folder(stage.run_dir)
+                if kept:
+                    self.echo(f"  {stage.name}: kept {len(kept)} file(s) not from calid in {stage.run_dir}")
         for path in (started, self.log_path(stage.name)):
             path.parent.mkdir(parents=True, exist_ok=True)
         started.write_text(key)

@@ -8,6 +8,7 @@ checkpoints into the table's run folder), so a failing stage can be re-run by ha
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,41 @@ class Stage:
         return " ".join([head, *self.argv])
 
 
+RUN_OUTPUTS = (
+    "checkpoints/*.ckpt",
+    "checkpoints/.*.partial",
+    "csv/version_*",
+    "wandb",
+    "config.yaml",
+    "hpc_ckpt_*.ckpt",
+)
+"""What ``calid fit`` writes into its run folder (the layout of experiments/*.yaml): checkpoints, the CSV and
+W&B logs, the resolved config, SLURM requeue checkpoints. A stage started afresh removes these only."""
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     """Where a training stage's ``last.ckpt`` lands."""
     return run_dir / "checkpoints" / "last.ckpt"
+
+
+def clear_run_folder(run_dir: Path) -> list[Path]:
+    """Remove what ``calid fit`` wrote into ``run_dir`` (:data:`RUN_OUTPUTS`); returns the files left there.
+
+    Anything else (a user's notes, a copied checkpoint under another name) stays; emptied folders go.
+    """
+    for pattern in RUN_OUTPUTS:
+        for path in sorted(run_dir.glob(pattern)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    for folder in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    kept = sorted(p for p in run_dir.rglob("*") if not p.is_dir())
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    return kept
 
 
 def _as_list(value: Any) -> list[Any]:
