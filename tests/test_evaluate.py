@@ -19,8 +19,10 @@ from calid_lightning.data.subject import LV_CAVITY
 from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS, select_frames, subjects_path
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
+    CodecCeiling,
     build_method,
     evaluate_method,
+    evaluate_run,
     heldout_positions,
 )
 from calid_lightning.models.baselines import IMAGE_BASELINES, linear_upsample
@@ -85,6 +87,26 @@ def test_inconsistent_plans_are_rejected() -> None:
         heldout_positions([2, 6], [1])
     with pytest.raises(ValueError, match="evenly spaced"):
         heldout_positions([0, 4, 6], [1])
+
+
+class OffsetCodec:
+    """A codec whose reconstruction is the input plus 0.01: PSNR exactly 40 dB on any slice."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z / 2 + 0.01
+
+
+def test_vae_truth_scores_the_codec_on_the_true_heldout_slices() -> None:
+    prepared = linear_subject()
+    kept, heldout = [0, 4, 8, 12], [1, 2, 3, 5, 6, 7, 9, 10, 11]
+    run = evaluate_run("vae_truth", CodecCeiling(OffsetCodec()), prepared, kept, heldout, [0, 2])
+    assert [(r["z"], r["frame"]) for r in run.records] == [(z, f) for z in heldout for f in (0, 2)]
+    assert all(r["psnr"] == pytest.approx(40.0, abs=1e-3) for r in run.records)
+    with pytest.raises(TypeError, match="vae_truth"):
+        CodecCeiling(OffsetCodec()).at(torch.zeros(2, 1, 1, 4, 4), [0.5])
 
 
 def test_build_method_names() -> None:
@@ -174,17 +196,19 @@ def calid_checkpoint(tmp_path: Path) -> Path:
 
 def test_cli_calid_and_latent_blends(phantom_root: Path, tmp_path: Path, calid_checkpoint: Path) -> None:
     out = tmp_path / "calid.csv"
-    args = ["--methods", "calid,lerp,slerp", "--checkpoint", str(calid_checkpoint), "--steps", "2"]
-    assert evaluate(phantom_root, out, *args, "--frames", "0", "--no-warmup") == 0
+    methods = ("calid", "calid_mean", "lerp", "slerp", "vae_truth")
+    args = ["--methods", ",".join(methods), "--checkpoint", str(calid_checkpoint), "--steps", "2"]
+    assert evaluate(phantom_root, out, *args, "--frames", "0", "--no-warmup", "--mean-draws", "2") == 0
     _, rows = read_csv(out)
-    by_method = {m: [r for r in rows if r["method"] == m] for m in ("calid", "lerp", "slerp")}
+    by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     assert len({len(v) for v in by_method.values()}) == 1 and by_method["calid"]
     assert {r["frame"] for r in rows} == {"0"}
     assert [r["psnr"] for r in by_method["calid"]] != [r["psnr"] for r in by_method["lerp"]]
+    assert [r["psnr"] for r in by_method["calid"]] != [r["psnr"] for r in by_method["calid_mean"]]
     for method_rows in by_method.values():
         assert all(np.isfinite(float(r["psnr"])) and -1 <= float(r["ssim"]) <= 1 for r in method_rows)
     _, subject_rows = read_csv(subjects_path(out))
-    assert [r["method"] for r in subject_rows] == ["calid", "lerp", "slerp"]
+    assert [r["method"] for r in subject_rows] == list(methods)
     assert all(float(r["seconds_per_volume"]) > 0 for r in subject_rows)
 
 

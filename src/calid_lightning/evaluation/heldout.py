@@ -39,7 +39,7 @@ from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
 from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.baselines import IMAGE_BASELINES
 
-CHECKPOINT_METHODS = ("calid", "calid_mean", "calid_sequential", "lerp", "slerp")
+CHECKPOINT_METHODS = ("calid", "calid_mean", "calid_sequential", "lerp", "slerp", "vae_truth")
 MEAN_DRAWS = 4
 """Noise draws averaged by ``calid_mean`` (the conditional-mean estimate) unless told otherwise."""
 PIXEL_METHODS = ("pixel",)
@@ -78,6 +78,27 @@ class TrueSlices:
 
     def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor:
         raise TypeError("method 'truth' returns the true held-out slices; run it through evaluate_run")
+
+
+@dataclasses.dataclass
+class CodecCeiling:
+    """The ceiling method ``vae_truth``: the true held-out slices through the model's VAE (encode, decode).
+
+    The best a latent method can score: its remaining error is the autoencoder's. Like :class:`TrueSlices`
+    it needs the truth, so :func:`evaluate_run` feeds it and :meth:`at` refuses.
+    """
+
+    model: Any
+    device: str = "cpu"
+
+    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor:
+        raise TypeError("method 'vae_truth' reconstructs the true held-out slices; use evaluate_run")
+
+    @torch.no_grad()
+    def reconstruct(self, slices: Tensor) -> Tensor:
+        """``(Z, N, 1, H, W)`` slices -> their VAE reconstructions, same shape, on the CPU."""
+        flat = slices.flatten(0, 1).to(self.device)
+        return self.model.decode(self.model.encode(flat)).cpu().reshape(slices.shape)
 
 
 @dataclasses.dataclass
@@ -125,7 +146,8 @@ def build_method(
     the estimate for distortion metrics; ``lerp`` / ``slerp`` blend the same model's VAE latents; ``pixel``
     runs the pixel-space diffusion interpolator (``pixel_checkpoint``) through the engine in bisection order;
     ``linear``, ``cubic`` and ``nearest`` interpolate the images along z; ``truth`` stands for the true
-    slices (:class:`TrueSlices`). Raises ``ValueError`` for an unknown name or a missing checkpoint.
+    slices (:class:`TrueSlices`) and ``vae_truth`` for their VAE reconstructions (:class:`CodecCeiling`).
+    Raises ``ValueError`` for an unknown name or a missing checkpoint.
     """
     if name in SEGMENTER_METHODS:
         return TrueSlices()
@@ -141,6 +163,8 @@ def build_method(
     if not checkpoint:
         raise ValueError(f"method {name!r} needs a CaLIDSpatial checkpoint (--checkpoint CKPT)")
     model = load_calid(str(checkpoint), device)
+    if name == "vae_truth":
+        return CodecCeiling(model, device)
     interpolator: Any = model
     if name in ("lerp", "slerp"):
         interpolator = LatentBlend(model, name)
@@ -225,6 +249,10 @@ def evaluate_run(
 
     if isinstance(upsampler, TrueSlices):
         generated, seconds = truth, 0.0
+    elif isinstance(upsampler, CodecCeiling):
+        start = time.perf_counter()
+        generated = upsampler.reconstruct(truth)
+        seconds = time.perf_counter() - start
     else:
         start = time.perf_counter()
         generated = with_sampling(upsampler, steps, seed).at(stack, positions)

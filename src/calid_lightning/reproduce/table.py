@@ -3,7 +3,7 @@
 Reads the ``*_subjects.csv`` files that ``calid evaluate`` (``spatial_x<k>``, ``pixel_x<k>``) and
 ``calid evaluate-cine`` (``cine_x<k>``) write. Every metric is the mean +- sample std over test subjects of
 the subject means; seconds per volume is the median over subjects. The best method per column (the ``truth``
-ceiling excluded) is in bold. Columns a CSV lacks (no segmenter given) show ``-``.
+ceilings excluded) is in bold. Columns a CSV lacks (no segmenter given) show ``-``.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ METHOD_NAMES = {
     "cubic": "cubic in z (image)",
     "nearest": "nearest slice",
     "truth": "true slices (ceiling)",
+    "vae_truth": "VAE(true slices): latent ceiling",
 }
-CEILING = "truth"
+CEILINGS = ("truth", "vae_truth")
 FILE_PATTERN = re.compile(r"^(spatial|pixel|cine|steps(\d+))_x(\d+)_subjects\.csv$")
 
 
@@ -109,7 +110,7 @@ def read_subject_rows(eval_dir: Path) -> dict[tuple[str, int], list[dict[str, st
 
 def summarise(rows: Sequence[dict[str, str]], columns: Sequence[Column]) -> list[dict[str, object]]:
     """One summary per method: subjects, and ``<field>`` (mean or median), ``<field>_std`` per column."""
-    methods = sorted({r["method"] for r in rows}, key=lambda m: (m == CEILING, *_rank(m)))
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m in CEILINGS, *_rank(m)))
     summaries = []
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -134,13 +135,13 @@ def _rank(method: str) -> tuple[int, int, str]:
 
 
 def markdown(summaries: Sequence[dict[str, object]], columns: Sequence[Column]) -> str:
-    """A Markdown table of :func:`summarise` output, best value per column in bold (ceiling excluded)."""
+    """A Markdown table of :func:`summarise` output, best value per column in bold (ceilings excluded)."""
     best: dict[str, float] = {}
     for column in columns:
         values = [
             float(s[column.field])
             for s in summaries
-            if s["method"] != CEILING and not math.isnan(float(s[column.field]))
+            if s["method"] not in CEILINGS and not math.isnan(float(s[column.field]))
         ]
         if len(values) > 1 and column.target is not None:
             best[column.field] = min(values, key=lambda v, t=column.target: abs(v - t))
@@ -159,7 +160,7 @@ def markdown(summaries: Sequence[dict[str, object]], columns: Sequence[Column]) 
                 continue
             spec = f".{column.digits}{column.style}"
             text = format(value, spec) + ("" if math.isnan(std) else f" ± {format(std, spec)}")
-            is_best = summary["method"] != CEILING and best.get(column.field) == value
+            is_best = summary["method"] not in CEILINGS and best.get(column.field) == value
             cells.append(f"**{text}**" if is_best else text)
         name = METHOD_NAMES.get(str(summary["method"]), str(summary["method"]))
         lines.append(f"| {name} | {summary['subjects']} | " + " | ".join(cells) + " |")
