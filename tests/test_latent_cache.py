@@ -149,3 +149,11 @@ def test_residual_scale_is_one_over_the_residual_std(model: CaLIDSpatial) -> Non
         residuals.append(z[2] - lerp(z[:1], z[1:2], torch.tensor([ex.r]))[0])
     assert first == pytest.approx(1 / float(torch.stack(residuals).std()), rel=1e-5)
     model.residual_scale.fill_(0.0)
+
+
+def test_latent_cache_is_refused_for_models_without_single_slice_latents(tmp_path: Path) -> None:
+    from calid_lightning.models.calid_2dt import CaLID2DT
+
+    vae = tiny_vae_checkpoint(tmp_path / "vae.ckpt")
+    with pytest.raises(ValueError, match="CaLIDSpatial only"):
+        CaLID2DT(vae_checkpoint=str(vae), **TINY_UNET, latent_cache=True)

@@ -154,6 +154,11 @@ class LatentInterpolatorBase(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.latent_channels, downsample_factor = self._build_codec(vae_checkpoint, vae_hparams)
+        if latent_cache and (self.task != "spatial" or not hasattr(self, "vae")):
+            raise ValueError(
+                f"{type(self).__name__}: latent_cache=true caches 2D VAE latents of single slices; it is for "
+                "CaLIDSpatial only (set model.init_args.latent_cache=false)"
+            )
         self.denoiser = ConditionalDenoiser(
             latent_channels=self.latent_channels,
             channels=channels,
