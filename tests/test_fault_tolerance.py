@@ -33,9 +33,9 @@ from calid_lightning.fault_tolerance import (
     NonFiniteLossError,
     ResumableDataLoader,
     RNGStateCheckpoint,
-    checkpoint_dirs,
     main,
     resume_checkpoint,
+    run_root,
 )
 from checkpoints import tiny_vae_checkpoint
 
@@ -218,9 +218,10 @@ def test_experiment_configs_checkpoint_with_rotation_and_guard(path: Path) -> No
     assert any(isinstance(c, FiniteLossGuard) for c in built)
     assert any(isinstance(c, RNGStateCheckpoint) for c in built)
     checkpoints = [c for c in built if isinstance(c, ModelCheckpoint)]
-    assert all(c.dirpath for c in checkpoints)  # the table pipeline and sweeps rewrite these
+    raw = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert {c["dirpath"] for c in raw} == {"${trainer.default_root_dir}/checkpoints"}  # one root moves them
     assert sum(bool(c.save_last) for c in checkpoints) == 1  # one writer of last.ckpt
-    assert isinstance(built[-1], ModelCheckpoint) and built[-1].save_last  # `calid sweep` redirects the last
+    assert isinstance(built[-1], ModelCheckpoint) and built[-1].save_last
     periodic = built[-1]
     assert periodic._every_n_train_steps > 0 and periodic.monitor == "step" and periodic.mode == "max"
     assert periodic.save_top_k == 3
@@ -235,35 +236,26 @@ def test_experiment_configs_checkpoint_with_rotation_and_guard(path: Path) -> No
 # ---- resume-path helper (scripts/slurm/train.sbatch) -------------------------------------------------------
 def test_resume_checkpoint_picks_the_newest_last_or_hpc(tmp_path: Path, capsys) -> None:
     config = tmp_path / "exp.yaml"
-    folder = tmp_path / "ckpts"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {
-                    "callbacks": [
-                        {"class_path": f"{FT}.FiniteLossGuard"},
-                        {
-                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                            "init_args": {"dirpath": str(folder), "save_last": True},
-                        },
-                    ]
-                }
-            }
-        )
-    )
-    assert checkpoint_dirs([config]) == [folder]
-    assert resume_checkpoint([folder], tmp_path) is None
-    folder.mkdir()
+    root = tmp_path / "run"
+    folder = root / "checkpoints"
+    config.write_text(yaml.safe_dump({"trainer": {"default_root_dir": str(tmp_path / "other")}}))
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"trainer": {"default_root_dir": str(root)}}))
+    assert run_root([config, override]) == root and run_root([override, config]) == tmp_path / "other"
+    assert resume_checkpoint([folder], root) is None
+    folder.mkdir(parents=True)
     (folder / "last.ckpt").write_bytes(b"x")
     (folder / "step=4.ckpt").write_bytes(b"x")
-    assert resume_checkpoint([folder], tmp_path) == folder / "last.ckpt"
-    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    assert resume_checkpoint([folder], root) == folder / "last.ckpt"
+    hpc = root / "hpc_ckpt_1.ckpt"
     hpc.write_bytes(b"x")
     os.utime(folder / "last.ckpt", (time.time() - 60, time.time() - 60))
-    assert main(["resume-path", "-c", str(config), "--hpc-root", str(tmp_path)]) == 0
+    assert main(["resume-path", "-c", str(config), "--root", str(root)]) == 0
     assert capsys.readouterr().out.strip() == str(hpc)
     os.utime(hpc, (time.time() - 120, time.time() - 120))
-    assert resume_checkpoint(checkpoint_dirs([config]), tmp_path) == folder / "last.ckpt"
+    assert main(["resume-path", "-c", str(config), "-c", str(override)]) == 0  # the configs' root
+    assert capsys.readouterr().out.strip() == str(folder / "last.ckpt")
+    assert main(["resume-path", "-c", str(config)]) == 0 and capsys.readouterr().out == ""
 
 
 def test_train_sbatch_has_the_slurm_options_and_valid_syntax() -> None:

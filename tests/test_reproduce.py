@@ -158,34 +158,39 @@ def test_training_stage_resumes_or_starts_clean(tmp_path: Path, fake_module: str
     assert f"vae: kept 1 file(s) not from calid in {run_dir}" in "\n".join(lines)
 
 
-def test_training_overrides_move_paths_and_keep_other_callbacks(tmp_path: Path) -> None:
+def test_training_overrides_set_the_root_and_name_the_wandb_run(tmp_path: Path) -> None:
+    root = "${trainer.default_root_dir}"
     merged = {
         "trainer": {
+            "default_root_dir": "runs/x/quick",
             "logger": [
-                {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"save_dir": "runs/x"}},
-                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/x"}},
+                {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"save_dir": root}},
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root}},
             ],
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": "runs/x/c"},
+                    "init_args": {"dirpath": f"{root}/checkpoints"},
                 },
-                {"class_path": "calid_lightning.fault_tolerance.FiniteLossGuard"},
             ],
         },
         "model": {"init_args": {"vae_checkpoint": "runs/vae/quick/checkpoints/last.ckpt", "lr": 1.0}},
     }
     run_dir = tmp_path / "calid_spatial"
     out = training_overrides(merged, "calid_spatial", run_dir, "quick", tmp_path / "vae.ckpt")
-    loggers, callbacks = out["trainer"]["logger"], out["trainer"]["callbacks"]
-    assert [lg["init_args"]["save_dir"] for lg in loggers] == [str(run_dir)] * 2
-    assert loggers[1]["init_args"]["name"] == "csv"
-    assert callbacks[0]["init_args"]["dirpath"] == str(run_dir / "checkpoints")
-    assert callbacks[1] == merged["trainer"]["callbacks"][1]
+    assert out["trainer"]["default_root_dir"] == str(run_dir) and "callbacks" not in out["trainer"]
+    wandb, csv_logger = out["trainer"]["logger"]
+    assert wandb["init_args"] == {
+        "save_dir": root,
+        "name": "calid_spatial-table-quick",
+        "group": "calid_spatial",
+        "job_type": "table-quick",
+    }
+    assert csv_logger == merged["trainer"]["logger"][1]
     assert out["model"] == {"init_args": {"vae_checkpoint": str(tmp_path / "vae.ckpt")}}
-    assert merged["trainer"]["logger"][0]["init_args"]["save_dir"] == "runs/x"  # input untouched
+    assert "name" not in merged["trainer"]["logger"][0]["init_args"]  # input untouched
     no_vae = training_overrides({"trainer": {"logger": False}}, "segmenter", run_dir, "quick", None)
-    assert "model" not in no_vae and "logger" not in no_vae["trainer"]
+    assert no_vae == {"trainer": {"default_root_dir": str(run_dir)}}
 
 
 def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

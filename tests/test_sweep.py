@@ -34,7 +34,7 @@ x = float(args["x"])
 if x < 0:
     sys.exit("negative x")
 from pathlib import Path
-folder = Path(args["trainer.callbacks.init_args.dirpath"]).parent / "csv" / "version_0"
+folder = Path(args["trainer.default_root_dir"]) / "csv" / "version_0"
 folder.mkdir(parents=True)
 (folder / "metrics.csv").write_text(f"step,val/psnr\\n1,{x}\\n2,{10 * x}\\n")
 """

@@ -1,8 +1,9 @@
 """The ``calid`` command: LightningCLI subcommands plus the framework's own tools.
 
 ``calid fit|validate|test|predict -c experiments/X.yaml -c data_modules/Y.yaml [--overrides]`` go to
-LightningCLI (OmegaConf interpolation on). The other subcommands are small argparse programs that live next
-to what they drive; each exposes ``main(argv) -> int``.
+LightningCLI with OmegaConf interpolation resolved on the merged config (every file and override), so the
+configs' ``${trainer.default_root_dir}`` paths follow ``--trainer.default_root_dir DIR``. The other
+subcommands are small argparse programs that live next to what they drive; each exposes ``main(argv) -> int``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def run_lightning_cli(args: list[str] | None) -> None:
     W&B runs offline when no credentials are present (:func:`~calid_lightning.tracking.ensure_wandb_mode`),
     and the resolved config goes to every logger (:class:`~calid_lightning.tracking.LoggedConfigCallback`).
     """
+    from jsonargparse import set_parsing_settings
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
@@ -44,6 +46,10 @@ def run_lightning_cli(args: list[str] | None) -> None:
     from calid_lightning.tracking import LoggedConfigCallback, ensure_wandb_mode
 
     ensure_wandb_mode(announce=rank_zero_only.rank == 0)
+    # "omegaconf+" resolves ${...} once, after all -c files and overrides are merged ("omegaconf" resolves
+    # each file alone, so a later --trainer.default_root_dir would not move the paths); a config's absolute
+    # ${trainer.default_root_dir} is made relative to where it stands, as under the fit/validate subcommand.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
 
     class CalidCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -60,7 +66,7 @@ def run_lightning_cli(args: list[str] | None) -> None:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_callback=LoggedConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,

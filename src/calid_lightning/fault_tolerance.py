@@ -20,8 +20,8 @@ module adds what it lacks:
   checkpoint folder that already holds checkpoints, so ``last.ckpt`` is always the newest of one run.
 * :func:`resume_checkpoint` (``python -m calid_lightning.fault_tolerance resume-path``) picks the checkpoint
   a restarted job should continue from: the newest of the SLURM ``hpc_ckpt_*.ckpt`` and the ``last*.ckpt``
-  files of the config's ``ModelCheckpoint`` folders (Lightning itself prefers an HPC checkpoint even when
-  it is older than ``last.ckpt``).
+  files below the run's root (Lightning itself prefers an HPC checkpoint even when it is older than
+  ``last.ckpt``).
 
 Every state saved here is made of tensors and plain Python values, so checkpoints still load with
 ``torch.load(path, weights_only=True)`` (the default of ``torch.load``, hence of Lightning's resume).
@@ -377,26 +377,21 @@ def check_new_run(trainer: Trainer, ckpt_path: str | Path | None) -> None:
             )
 
 
-def checkpoint_dirs(configs: Sequence[str | Path]) -> list[Path]:
-    """The ``dirpath`` of each ``ModelCheckpoint`` in the ``trainer.callbacks`` of the last config with them.
+CHECKPOINT_SUBDIR = "checkpoints"
+"""Where the checkpoints of a run go below its root (``dirpath`` in experiments/*.yaml)."""
 
-    Mirrors how LightningCLI composes ``-c`` files: a later file's ``trainer.callbacks`` list replaces an
-    earlier one's.
+
+def run_root(configs: Sequence[str | Path]) -> Path | None:
+    """The ``trainer.default_root_dir`` of the last config that sets it (as LightningCLI merges ``-c`` files).
+
+    Every output path of an experiment config derives from it: checkpoints in ``<root>/checkpoints``, SLURM
+    requeue checkpoints in ``<root>``.
     """
-    callbacks: list[Any] = []
+    root = None
     for config in configs:
-        loaded = yaml.safe_load(Path(config).read_text()) or {}
-        trainer = loaded.get("trainer") or {}
-        if "callbacks" in trainer:
-            found = trainer["callbacks"]
-            callbacks = found if isinstance(found, list) else [found]
-    return [
-        Path(callback["init_args"]["dirpath"])
-        for callback in callbacks
-        if isinstance(callback, Mapping)
-        and str(callback.get("class_path", "")).endswith("ModelCheckpoint")
-        and (callback.get("init_args") or {}).get("dirpath")
-    ]
+        trainer = (yaml.safe_load(Path(config).read_text()) or {}).get("trainer") or {}
+        root = trainer.get("default_root_dir", root)
+    return Path(root) if root else None
 
 
 def resume_checkpoint(folders: Iterable[str | Path], hpc_root: str | Path | None = None) -> Path | None:
@@ -409,18 +404,23 @@ def resume_checkpoint(folders: Iterable[str | Path], hpc_root: str | Path | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m calid_lightning.fault_tolerance resume-path -c A.yaml [-c B.yaml] [--hpc-root DIR]``.
+    """``python -m calid_lightning.fault_tolerance resume-path -c A.yaml [-c B.yaml] [--root DIR]``.
 
     Prints the checkpoint a restarted job should pass to ``calid fit --ckpt_path`` (nothing when there is
-    none); used by ``scripts/slurm/train.sbatch``.
+    none): the newest ``last*.ckpt`` in ``<root>/checkpoints`` or ``hpc_ckpt_*.ckpt`` in ``<root>``, the root
+    being ``--root`` (the ``--trainer.default_root_dir`` of the run) or the configs' own. Used by
+    ``scripts/slurm/train.sbatch``.
     """
     parser = argparse.ArgumentParser(prog="python -m calid_lightning.fault_tolerance")
     sub = parser.add_subparsers(dest="command", required=True)
     resume = sub.add_parser("resume-path", help="print the newest last/hpc checkpoint of an experiment")
     resume.add_argument("-c", "--config", action="append", required=True, help="experiment config(s)")
-    resume.add_argument("--hpc-root", help="trainer.default_root_dir, where SLURM requeue checkpoints go")
+    resume.add_argument("--root", type=Path, help="the run's trainer.default_root_dir (default: configs')")
     args = parser.parse_args(argv)
-    path = resume_checkpoint(checkpoint_dirs(args.config), args.hpc_root)
+    root = args.root or run_root(args.config)
+    if root is None:
+        parser.error(f"-c {' '.join(args.config)}: no trainer.default_root_dir; pass --root DIR")
+    path = resume_checkpoint([root / CHECKPOINT_SUBDIR], root)
     if path is not None:
         print(path)
     return 0

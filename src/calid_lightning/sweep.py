@@ -38,9 +38,6 @@ from calid_lightning.tracking import (
 )
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
-CHECKPOINT_DIR_ARG = (
-    "--trainer.callbacks.init_args.dirpath"  # the last callback: ModelCheckpoint in experiments/
-)
 
 
 class SweepConfigError(ValueError):
@@ -114,7 +111,11 @@ def expand_command(config: dict[str, Any], params: dict[str, Any], extra: Sequen
 
 
 def trial_overrides(folder: Path, trial: str, group: str, project: str) -> list[str]:
-    """``calid fit`` overrides that keep a trial's logs (W&B + CSV) and checkpoints inside ``folder``."""
+    """``calid fit`` overrides that keep a trial's logs (W&B + CSV) and checkpoints inside ``folder``.
+
+    ``folder`` becomes the run's root (``trainer.default_root_dir``), from which the checkpoint paths of
+    experiments/*.yaml derive; the loggers are replaced to name the trial's W&B run.
+    """
     loggers = [
         {
             "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -131,7 +132,7 @@ def trial_overrides(folder: Path, trial: str, group: str, project: str) -> list[
             "init_args": {"save_dir": str(folder), "name": "csv"},
         },
     ]
-    return [f"--trainer.logger={json.dumps(loggers)}", f"{CHECKPOINT_DIR_ARG}={folder / 'checkpoints'}"]
+    return [f"--trainer.default_root_dir={folder}", f"--trainer.logger={json.dumps(loggers)}"]
 
 
 def run_trial(

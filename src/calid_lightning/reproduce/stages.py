@@ -2,7 +2,8 @@
 
 Every stage is the ``calid`` command a user would type (training stages are ``calid fit`` with the experiment
 config, the data config, the profile's override config and one generated config that points logs and
-checkpoints into the table's run folder), so a failing stage can be re-run by hand from its log.
+checkpoints into the table's run folder by setting its root, ``trainer.default_root_dir``, from which every
+path of the experiment configs derives), so a failing stage can be re-run by hand from its log.
 """
 
 from __future__ import annotations
@@ -101,35 +102,23 @@ def _as_list(value: Any) -> list[Any]:
 def training_overrides(
     merged: dict[str, Any], stage: str, run_dir: Path, profile: str, vae_checkpoint: Path | None
 ) -> dict[str, Any]:
-    """The generated config of a training stage: loggers, checkpoints and the VAE path moved into ``run_dir``.
+    """The generated config of a training stage: its root ``run_dir``, W&B run names and the VAE it uses.
 
     ``merged`` is the experiment config merged with the profile's override config (lists replaced, as
-    LightningCLI does). Logger and callback lists are copied whole with only their paths changed, so every
-    other callback (guards, periodic checkpoints) stays as the experiment config has it.
+    LightningCLI does), unresolved: the loggers and checkpoints of experiments/*.yaml derive their paths from
+    ``${trainer.default_root_dir}``, so setting the root moves them all. The logger list is copied only to
+    name the W&B runs after the table stage (paths untouched).
     """
-    trainer = merged.get("trainer") or {}
-    loggers = []
-    for logger in _as_list(trainer.get("logger")):
-        logger = dict(logger)
-        init = dict(logger.get("init_args") or {})
-        init["save_dir"] = str(run_dir)
-        if logger.get("class_path", "").endswith("WandbLogger"):
-            init |= {"name": f"{stage}-table-{profile}", "group": stage, "job_type": f"table-{profile}"}
-        else:
-            init["name"] = "csv"
-        loggers.append(logger | {"init_args": init})
-    callbacks = []
-    for callback in _as_list(trainer.get("callbacks")):
-        callback = dict(callback)
-        if callback.get("class_path", "").endswith("ModelCheckpoint"):
-            init = dict(callback.get("init_args") or {})
-            callback["init_args"] = init | {"dirpath": str(run_dir / "checkpoints")}
-        callbacks.append(callback)
     overrides: dict[str, Any] = {"trainer": {"default_root_dir": str(run_dir)}}
-    if loggers:
-        overrides["trainer"]["logger"] = loggers
-    if callbacks:
-        overrides["trainer"]["callbacks"] = callbacks
+    loggers = _as_list((merged.get("trainer") or {}).get("logger"))
+    if any(str(lg.get("class_path", "")).endswith("WandbLogger") for lg in loggers):
+        renamed = []
+        for logger in loggers:
+            init = dict(logger.get("init_args") or {})
+            if str(logger.get("class_path", "")).endswith("WandbLogger"):
+                init |= {"name": f"{stage}-table-{profile}", "group": stage, "job_type": f"table-{profile}"}
+            renamed.append(dict(logger) | {"init_args": init})
+        overrides["trainer"]["logger"] = renamed
     model_init = (merged.get("model") or {}).get("init_args") or {}
     if vae_checkpoint is not None and "vae_checkpoint" in model_init:
         overrides["model"] = {"init_args": {"vae_checkpoint": str(vae_checkpoint)}}
@@ -154,7 +143,7 @@ def training_stages(profile: Profile, run_root: Path) -> list[Stage]:
         run_dir = run_root / name
         extra = Path(profile.profile_dir) / f"{name}.yaml" if profile.profile_dir else None
         configs = [Path(spec.config), *([extra] if extra and extra.is_file() else [])]
-        merged = OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.load(c) for c in configs)), resolve=True)
+        merged = OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.load(c) for c in configs)), resolve=False)
         needs = tuple(spec.needs)
         vae = last_checkpoint(run_root / "vae") if name in STAGE_NEEDING_VAE else None
         if vae is not None and "vae" not in needs:
