@@ -3,9 +3,10 @@
     python -m calid_lightning.reproduce.prepare --data data_modules/phantom.yaml --jobs 2
 
 Phantom subjects are independent (subject ``i`` uses a seed derived from the data-set seed and ``i``), so
-``--jobs`` processes write them side by side; the result is the same as ``CardiacDataModule.prepare_data``
-writing them in turn. ``setup`` then reads and prepares every subject, filling the DataModule's disk cache so
-that the training stages started next do not each pay for it.
+``--jobs`` processes generate them side by side while this process writes them in turn (the phantom folder's
+manifest has one writer); the result is the same as ``CardiacDataModule.prepare_data`` writing them.
+``setup`` then reads and prepares every subject, filling the DataModule's disk cache so that the training
+stages started next do not each pay for it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +23,39 @@ from calid_lightning.data.subject import DataError
 from calid_lightning.evaluation.evaluate_cli import build_datamodule, data_init_args
 
 
-def _write_one(root: str, index: int, seed: int, options: dict[str, Any]) -> int:
-    from calid_lightning.data.phantom import PhantomConfig, write_dataset
+def _generate_one(seed: int, index: int, options: dict[str, Any]) -> Any:
+    """Phantom subject ``index`` of the data set with seed ``seed`` (in a worker process)."""
+    from calid_lightning.data.phantom import PhantomConfig, generate_subject, subject_seed
 
-    write_dataset(Path(root), subjects=1, seed=seed, config=PhantomConfig(**options), start_index=index)
-    return index
+    return generate_subject(subject_seed(seed, index), PhantomConfig(**options))
 
 
 def generate_phantom(init_args: dict[str, Any], jobs: int) -> int:
-    """Write the phantom of ``init_args["phantom"]`` into ``init_args["root"]``; returns the subject count."""
+    """Write the phantom of ``init_args["phantom"]`` into ``init_args["root"]``; returns the subject count.
+
+    The folder is claimed first (a folder the phantom does not own is refused before anything runs); at most
+    ``jobs`` subjects are generated at once and each is written here as soon as it is its turn.
+    """
+    from calid_lightning.data.phantom import write_subject
+    from calid_lightning.data.phantom.io import claim_folder
+
     options = dict(init_args.get("phantom") or {})
     if not options:
         return 0
     subjects, seed = int(options.pop("subjects", 20)), int(options.pop("seed", 0))
-    root = str(init_args.get("root", "data/phantom"))
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(_write_one, root, i, seed, options) for i in range(1, subjects + 1)]
-        for future in futures:
-            future.result()
+    root = Path(init_args.get("root", "data/phantom"))
+    claim_folder(root)
+    jobs = max(1, jobs)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pending: deque[tuple[int, Future]] = deque()
+        for index in range(1, subjects + 1):
+            pending.append((index, pool.submit(_generate_one, seed, index, options)))
+            if len(pending) > jobs:
+                ready, future = pending.popleft()
+                write_subject(future.result(), root, ready)
+        while pending:
+            ready, future = pending.popleft()
+            write_subject(future.result(), root, ready)
     return subjects
 
 
