@@ -40,7 +40,7 @@ from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.baselines import IMAGE_BASELINES
 
 CHECKPOINT_METHODS = ("calid", "calid_mean", "calid_sequential", "lerp", "slerp", "vae_truth")
-MEAN_DRAWS = 4
+MEAN_DRAWS = 1
 """Noise draws averaged by ``calid_mean`` (the conditional-mean estimate) unless told otherwise."""
 PIXEL_METHODS = ("pixel",)
 IMAGE_METHODS = ("linear", "cubic", "nearest")

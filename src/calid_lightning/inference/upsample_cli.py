@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mean (the x0-prediction averaged over --mean-draws noise draws: best PSNR/SSIM, smoother)",
     )
     parser.add_argument(
-        "--mean-draws", type=positive_int, default=4, help="noise draws of --estimate mean (default 4)"
+        "--mean-draws", type=positive_int, default=1, help="noise draws of --estimate mean (default 1)"
     )
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(
