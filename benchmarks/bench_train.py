@@ -372,12 +372,11 @@ def bench_model(
 def prepare_fit(model: LightningModule, datamodule: CardiacDataModule) -> None:
     """What a latent interpolator does at the start of ``calid fit`` with its DataModule (the latent cache,
     the residual scale), which the repeated-batch fit of :func:`compute_rate` cannot do; timed apart."""
-    hparams = getattr(model, "hparams", {})
-    if hparams.get("latent_cache"):
+    if getattr(model, "use_latent_cache", False):
         start = time.perf_counter()
         model.build_latent_cache(datamodule)
         print(f"  latent cache built (or read) in {time.perf_counter() - start:.1f} s")
-    if hparams.get("residual"):
+    if getattr(model, "residual", False):
         model.fit_residual_scale(datamodule)
 
 

@@ -101,7 +101,7 @@ def test_residual_target_is_invertible_and_starts_at_lerp(model: CaLIDSpatial, m
     """With residual=True a zero network output gives lerp plus the tiny leftover of the 1-step chain."""
     below, above = torch.randn(2, model.latent_channels, 4, 4), torch.randn(2, model.latent_channels, 4, 4)
     target, r = torch.randn_like(below), torch.tensor([0.25, 0.5])
-    monkeypatch.setitem(model.hparams, "residual", True)
+    monkeypatch.setattr(model, "residual", True)
     model.residual_scale.fill_(2.0)
     try:
         diffused = model.to_diffused(target, below, above, r)
@@ -118,7 +118,7 @@ def test_residual_target_is_invertible_and_starts_at_lerp(model: CaLIDSpatial, m
 
 
 def test_residual_without_a_scale_is_a_clear_error(model: CaLIDSpatial, monkeypatch) -> None:
-    monkeypatch.setitem(model.hparams, "residual", True)
+    monkeypatch.setattr(model, "residual", True)
     z = torch.zeros(1, model.latent_channels, 4, 4)
     with pytest.raises(RuntimeError, match="residual_scale"):
         model.to_diffused(z, z, z, torch.tensor([0.5]))

@@ -182,6 +182,8 @@ class LatentInterpolatorBase(LightningModule):
         self._validation_runs = 0
         self._fit_seed = 0
         self._noise_step, self._micro_batch = -1, 0
+        # Flags from the constructor, not hparams: a subclass that re-lists the arguments saves only its own.
+        self.use_latent_cache, self.residual = latent_cache, residual
         self._latent_cache: LatentCache | None = None
         self.register_buffer("residual_scale", torch.zeros(()))
 
@@ -247,13 +249,13 @@ class LatentInterpolatorBase(LightningModule):
 
     def to_diffused(self, latent: Tensor, below: Tensor, above: Tensor, r: Tensor) -> Tensor:
         """The variable the diffusion runs on: the latent, or its scaled residual over lerp (``residual``)."""
-        if not self.hparams.residual:
+        if not self.residual:
             return latent
         return (latent - lerp(below, above, r)) * self._residual_scale()
 
     def from_diffused(self, diffused: Tensor, below: Tensor, above: Tensor, r: Tensor) -> Tensor:
         """Inverse of :meth:`to_diffused`."""
-        if not self.hparams.residual:
+        if not self.residual:
             return diffused
         return lerp(below, above, r) + diffused / self._residual_scale()
 
@@ -365,8 +367,8 @@ class LatentInterpolatorBase(LightningModule):
         """Remember the run's seed (training noise comes from (seed, step, micro-batch, rank)); build the
         latent cache and, on a first fit, the residual scale."""
         self._fit_seed = torch.initial_seed()
-        cache_missing = self.hparams.latent_cache and self._latent_cache is None
-        scale_missing = self.hparams.residual and float(self.residual_scale) <= 0
+        cache_missing = self.use_latent_cache and self._latent_cache is None
+        scale_missing = self.residual and float(self.residual_scale) <= 0
         if not (cache_missing or scale_missing):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
