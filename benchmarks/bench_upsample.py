@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from calid_lightning.inference.interpolator import LatentBlend
+from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
 from calid_lightning.inference.upsample import EngineUpsampler, factor_positions
 from calid_lightning.models.baselines import IMAGE_BASELINES, ImageLinear
 from calid_lightning.models.calid_spatial import CaLIDSpatial
@@ -91,6 +91,8 @@ def untrained_models(
     pixel_args = config_init_args(paths["pixel"]) | (denoiser_overrides or {})
     calid_args.pop("vae_checkpoint", None)
     calid = CaLIDSpatial(vae_hparams=vae_args, **calid_args)
+    if calid.residual:  # fitted at the start of training; any positive value costs the same time
+        calid.residual_scale.fill_(1.0)
     return calid.eval(), PixelSpatial(**pixel_args).eval()
 
 
@@ -140,13 +142,15 @@ def time_method(run: Callable[[], torch.Tensor], warmup: int, repeats: int, devi
 def diffusion_methods(
     calid: CaLIDSpatial, pixel: PixelSpatial, steps: int, device: str, max_batch: int = 64
 ) -> dict[str, Method]:
-    """CaLID, its latent lerp / slerp and the pixel interpolator as ``(stack, positions) -> dense``."""
+    """CaLID (one sample; the conditional mean), its latent lerp / slerp and the pixel interpolator as
+    ``(stack, positions) -> dense``."""
     common = {"max_batch": max_batch, "device": device}
     calid, pixel = calid.to(device), pixel.to(device)
     return {
         "latent lerp": EngineUpsampler(LatentBlend(calid, "lerp"), **common).at,
         "latent slerp": EngineUpsampler(LatentBlend(calid, "slerp"), **common).at,
         "calid": EngineUpsampler(calid, num_steps=steps, **common).at,
+        "calid mean": EngineUpsampler(ConditionalMean(calid), **common).at,
         "pixel diffusion": EngineUpsampler(pixel, num_steps=steps, **common).at,
     }
 

@@ -217,7 +217,7 @@ def test_bench_times_untrained_models() -> None:
     methods = bench.diffusion_methods(calid, pixel, steps=2, device="cpu", max_batch=8)
     stack = torch.rand(3, 1, 1, SIZE, SIZE)
     times = dict(bench.time_methods(methods, stack, [0, 0.5, 1, 1.5, 2], warmup=1, repeats=2))
-    assert set(times) == {"latent lerp", "latent slerp", "calid", "pixel diffusion"}
+    assert set(times) == {"latent lerp", "latent slerp", "calid", "calid mean", "pixel diffusion"}
     assert all(len(t) == 2 and min(t) > 0 for t in times.values())
     assert bench.speed_ratio(times) == statistics.median(times["pixel diffusion"]) / statistics.median(
         times["calid"]
