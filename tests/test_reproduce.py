@@ -157,6 +157,12 @@ def test_training_stage_resumes_or_starts_clean(tmp_path: Path, fake_module: str
     assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"] and notes.read_text() == "a user's file"
     assert f"vae: kept 1 file(s) not from calid in {run_dir}" in "\n".join(lines)
 
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_text("weights of the finished run")
+    runner, _ = quiet_runner(tmp_path)
+    assert runner.run([train], force=["vae"])  # a forced finished stage trains afresh, not from its last.ckpt
+    assert calls(tmp_path, "vae")[-1] == "" and not checkpoint.exists()
+
 
 def test_training_overrides_set_the_root_and_name_the_wandb_run(tmp_path: Path) -> None:
     root = "${trainer.default_root_dir}"

@@ -187,11 +187,14 @@ class StageRunner:
         pending: list[Stage] = []
         for stage in ordered:
             rerun = stage.name in force or any(p.name in stage.needs for p in pending)
-            if not rerun and self.is_finished(stage, keys[stage.name]):
+            finished = self.is_finished(stage, keys[stage.name])
+            if finished and not rerun:
                 self.echo(f"skip  {stage.name}: finished before ({_clock(self.seconds[stage.name])})")
                 self.cached.append(stage.name)
-            else:
-                pending.append(stage)
+                continue
+            if finished:  # forced, or its input changed: train afresh, never resume the finished run
+                self._stamp(stage.name, "started").unlink(missing_ok=True)
+            pending.append(stage)
         done = {s.name for s in ordered} - {s.name for s in pending}
         running: list[_Running] = []
         failed: list[str] = []
