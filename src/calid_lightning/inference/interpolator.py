@@ -16,7 +16,15 @@ from torch import Tensor
 
 from calid_lightning.models.conditioning import expand_r, lerp
 
-__all__ = ["ConditionalMean", "LatentBlend", "SliceInterpolator", "expand_r", "lerp", "slerp"]
+__all__ = [
+    "ConditionalMean",
+    "InRepresentationOf",
+    "LatentBlend",
+    "SliceInterpolator",
+    "expand_r",
+    "lerp",
+    "slerp",
+]
 
 
 @runtime_checkable
@@ -68,7 +76,22 @@ def slerp(below: Tensor, above: Tensor, r: Tensor, eps: float = 1e-7) -> Tensor:
     return out.reshape(below.shape)
 
 
-class LatentBlend:
+class InRepresentationOf:
+    """Base of the interpolators that work in another interpolator's representation: ``encode``, ``decode``
+    and ``size_multiple`` are the wrapped ``base``'s; subclasses define ``interpolate``."""
+
+    def __init__(self, base: SliceInterpolator) -> None:
+        self.base = base
+        self.size_multiple = int(getattr(base, "size_multiple", 1))
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.base.encode(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.base.decode(z)
+
+
+class LatentBlend(InRepresentationOf):
     """Fixed (lerp / slerp) interpolation in the representation of another interpolator.
 
     Wraps e.g. a trained CaLID model so that its VAE encodes and decodes while the missing latents are a
@@ -78,15 +101,8 @@ class LatentBlend:
     def __init__(self, base: SliceInterpolator, mode: Literal["lerp", "slerp"] = "lerp") -> None:
         if mode not in ("lerp", "slerp"):
             raise ValueError(f"LatentBlend mode must be 'lerp' or 'slerp', got {mode!r}")
-        self.base = base
+        super().__init__(base)
         self.mode = mode
-        self.size_multiple = int(getattr(base, "size_multiple", 1))
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.base.encode(x)
-
-    def decode(self, z: Tensor) -> Tensor:
-        return self.base.decode(z)
 
     def interpolate(
         self,
@@ -100,7 +116,7 @@ class LatentBlend:
         return (lerp if self.mode == "lerp" else slerp)(below, above, r)
 
 
-class ConditionalMean:
+class ConditionalMean(InRepresentationOf):
     """The conditional-mean estimate E[z | neighbours] of a diffusion interpolator, for distortion metrics.
 
     PSNR and SSIM reward the conditional mean, which one stochastic sample is not: a sample places plausible
@@ -115,16 +131,9 @@ class ConditionalMean:
     def __init__(self, base: SliceInterpolator, draws: int = 1, steps: int = 1) -> None:
         if draws < 1 or steps < 1:
             raise ValueError(f"ConditionalMean needs draws >= 1 and steps >= 1, got {draws} and {steps}")
-        self.base = base
+        super().__init__(base)
         self.draws = draws
         self.steps = steps
-        self.size_multiple = int(getattr(base, "size_multiple", 1))
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.base.encode(x)
-
-    def decode(self, z: Tensor) -> Tensor:
-        return self.base.decode(z)
 
     def interpolate(
         self,
