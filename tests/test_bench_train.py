@@ -73,6 +73,8 @@ def test_calid_times_only_the_steps_after_warmup_with_its_hooks(tiny_data, tmp_p
     experiment.datamodule.prepare_data()
     experiment.datamodule.setup("fit")
     batch = bench.first_batch(experiment.datamodule)
+    bench.prepare_fit(experiment.model, experiment.datamodule)  # the config's latent cache and residual scale
+    assert experiment.model._latent_cache is not None and float(experiment.model.residual_scale) > 0
     timer = bench.compute_rate(experiment, batch, steps=2, warmup=1)
     assert timer.samples == 2 * 2 and len(timer.step_seconds) == 2 and min(timer.step_seconds) > 0
     assert int(experiment.model.ema.num_updates) == 1 + 2 + 1, "the model's EMA hook ran on every step"
