@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 
 BACKGROUND, LV_CAVITY, MYOCARDIUM, RV_CAVITY = 0, 1, 2, 3
-LABEL_NAMES: dict[int, str] = {LV_CAVITY: "lv_cavity", MYOCARDIUM: "myocardium", RV_CAVITY: "rv_cavity"}
+CLASS_KEYS: dict[int, str] = {LV_CAVITY: "lv", MYOCARDIUM: "myo", RV_CAVITY: "rv"}
+"""Short name of each heart label, as in the metric fields (``dice_lv``, ``hd95_myo``, ...)."""
+NUM_CLASSES = 4
+"""Label classes including background."""
 
 
 class DataError(ValueError):

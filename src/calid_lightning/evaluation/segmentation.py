@@ -26,10 +26,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 
-from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
-
-CLASS_KEYS: dict[int, str] = {LV_CAVITY: "lv", MYOCARDIUM: "myo", RV_CAVITY: "rv"}
-NUM_CLASSES = 4
+from calid_lightning.data.subject import CLASS_KEYS, LV_CAVITY, NUM_CLASSES
 
 
 def _as_labels(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:

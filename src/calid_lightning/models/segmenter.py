@@ -24,7 +24,7 @@ from monai.networks.utils import one_hot
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from calid_lightning.evaluation.segmentation import CLASS_KEYS, NUM_CLASSES
+from calid_lightning.data.subject import CLASS_KEYS, NUM_CLASSES
 
 
 def _batch(batch: Any) -> tuple[Tensor, Tensor]:
