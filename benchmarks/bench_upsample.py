@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from calid_lightning.inference.baselines import IMAGE_BASELINES, ImageLinear
 from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
 from calid_lightning.inference.upsample import EngineUpsampler, factor_positions
-from calid_lightning.models.baselines import IMAGE_BASELINES, ImageLinear
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.latent_interpolator import LatentInterpolatorBase, load_interpolator
 from calid_lightning.models.pixel_diffusion import PixelSpatial

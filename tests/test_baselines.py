@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from calid_lightning.inference.upsample import factor_positions, upsample_stack
-from calid_lightning.models.baselines import (
+from calid_lightning.inference.baselines import (
     IMAGE_BASELINES,
     ImageLinear,
     ImageNearest,
@@ -14,6 +13,7 @@ from calid_lightning.models.baselines import (
     linear_upsample,
     nearest_upsample,
 )
+from calid_lightning.inference.upsample import factor_positions, upsample_stack
 
 
 def constant_stack(values: list[float]) -> torch.Tensor:

@@ -21,8 +21,8 @@ from calid_lightning.evaluation.cine_eval import (
     score_cines,
 )
 from calid_lightning.evaluation.evaluate_cli import subjects_path
+from calid_lightning.inference.baselines import ImageLinear, linear_upsample
 from calid_lightning.inference.upsample import EngineUpsampler
-from calid_lightning.models.baselines import ImageLinear, linear_upsample
 from calid_lightning.models.calid_2dt import CaLID2DT
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from checkpoints import TINY_UNET, save_checkpoint, tiny_vae_checkpoint

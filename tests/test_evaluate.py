@@ -25,7 +25,7 @@ from calid_lightning.evaluation.heldout import (
     evaluate_run,
     heldout_positions,
 )
-from calid_lightning.models.baselines import IMAGE_BASELINES, linear_upsample
+from calid_lightning.inference.baselines import IMAGE_BASELINES, linear_upsample
 from checkpoints import save_checkpoint, tiny_vae_checkpoint
 
 PHANTOM = {"subjects": 3, "seed": 0, "size": [48, 48], "frames": 6}

@@ -21,7 +21,7 @@ from calid_lightning.evaluation.figures import (
     through_plane_image,
 )
 from calid_lightning.evaluation.metrics import slice_metrics
-from calid_lightning.models.baselines import nearest_upsample
+from calid_lightning.inference.baselines import nearest_upsample
 from checkpoints import save_checkpoint, tiny_vae_checkpoint
 
 PHANTOM = {"subjects": 3, "seed": 0, "size": [48, 48], "frames": 6}

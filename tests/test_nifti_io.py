@@ -14,6 +14,7 @@ from scipy.spatial.transform import Rotation
 from calid_lightning.cli import main as calid
 from calid_lightning.data.preprocess import normalise_intensity
 from calid_lightning.data.subject import DataError
+from calid_lightning.inference.baselines import linear_upsample
 from calid_lightning.inference.nifti_io import (
     read_sparse_stack,
     std_path,
@@ -21,7 +22,6 @@ from calid_lightning.inference.nifti_io import (
     write_std_map,
 )
 from calid_lightning.inference.upsample import factor_positions, spacing_positions
-from calid_lightning.models.baselines import linear_upsample
 from checkpoints import TINY_UNET, save_checkpoint, tiny_vae_checkpoint
 
 SPACING = (1.4, 1.6, 10.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from calid_lightning.inference.baselines import ImageLinear, linear_upsample
 from calid_lightning.inference.interpolator import LatentBlend, SliceInterpolator, lerp, slerp
 from calid_lightning.inference.progress import UpsampleProgress
 from calid_lightning.inference.upsample import (
@@ -14,7 +15,6 @@ from calid_lightning.inference.upsample import (
     spacing_positions,
     upsample_stack,
 )
-from calid_lightning.models.baselines import ImageLinear, linear_upsample
 
 
 def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:

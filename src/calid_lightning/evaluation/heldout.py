@@ -35,9 +35,9 @@ from calid_lightning.evaluation.segmentation import (
     segmentation_metrics,
     stack_volume_errors,
 )
+from calid_lightning.inference.baselines import IMAGE_BASELINES
 from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
 from calid_lightning.inference.upsample import EngineUpsampler
-from calid_lightning.models.baselines import IMAGE_BASELINES
 
 CHECKPOINT_METHODS = ("calid", "calid_mean", "calid_sequential", "lerp", "slerp", "vae_truth")
 MEAN_DRAWS = 1

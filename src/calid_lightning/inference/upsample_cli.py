@@ -114,7 +114,7 @@ def _interpolator(args: argparse.Namespace):
         model = load_interpolator(args.checkpoint, map_location=args.device).to(args.device)
         return ConditionalMean(model, draws=args.mean_draws) if args.estimate == "mean" else model
     if args.method == "linear":
-        from calid_lightning.models.baselines import ImageLinear
+        from calid_lightning.inference.baselines import ImageLinear
 
         return ImageLinear()
     return None
@@ -172,7 +172,7 @@ def _generate(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The dense stack (and the std map for ``--samples > 1``) in the layout of ``stack``."""
     if interpolator is None:
-        from calid_lightning.models.baselines import IMAGE_BASELINES
+        from calid_lightning.inference.baselines import IMAGE_BASELINES
 
         bar.phase("interpolating")
         dense = IMAGE_BASELINES[args.method].at(stack, positions)
