@@ -7,8 +7,9 @@ window lies inside the image, the convention of Wang et al. and scikit-image, so
 The heart box is the bounding box of the LV cavity, myocardium and RV cavity labels grown by ``margin``
 pixels; heart PSNR is the PSNR of the box (its MSE), heart SSIM the SSIM map averaged over the box.
 ``hf_ratio`` is the sharpness beside them: the high-frequency (Laplacian) energy of the reconstruction over
-that of the true slice. 1 is as sharp as the truth; a conditional-mean estimate scores below 1 (blurred), a
-sample near 1, so the perception-distortion trade-off shows next to PSNR/SSIM instead of hiding behind them.
+that of the true slice. 1 is as sharp as the truth, below 1 blurred, so the perception-distortion trade-off
+shows next to PSNR/SSIM. On noisy data the truth's high-frequency energy is mostly noise, which VAE-decoded
+slices do not carry: there every latent method scores far below 1 (docs/ablations.md).
 """
 
 from __future__ import annotations

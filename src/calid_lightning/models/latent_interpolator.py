@@ -426,8 +426,7 @@ class LatentInterpolatorBase(LightningModule):
         )
         generated = self.decode(latent)
         target = batch["target"][:n].float()
-        weight = r[:n].reshape(-1, *([1] * (target.ndim - 1)))
-        linear = (1 - weight) * batch["below"][:n].float() + weight * batch["above"][:n].float()
+        linear = lerp(batch["below"][:n].float(), batch["above"][:n].float(), r[:n])
         head = {k: v[:n] for k, v in batch.items() if isinstance(v, Tensor) and v.ndim > 0}
         metrics = self._sample_metrics(generated, target, linear, head)
         for name, metric in metrics.items():
