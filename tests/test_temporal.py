@@ -1,4 +1,4 @@
-"""Temporal-coherence metric and the intensity-over-time plot."""
+"""Temporal-coherence metric (metrics/temporal.py) and the intensity-over-time plot (evaluation/)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from calid_lightning.evaluation.temporal import (
+from calid_lightning.evaluation.temporal import plot_intensity_over_time
+from calid_lightning.metrics.temporal import (
     frame_differences,
     intensity_over_time,
     moving_region,
-    plot_intensity_over_time,
     temporal_coherence_error,
 )
 
