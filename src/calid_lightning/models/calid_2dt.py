@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from calid_lightning.evaluation.temporal import temporal_coherence_error
+from calid_lightning.metrics.temporal import temporal_coherence_error
 from calid_lightning.models.conditioning import ConditionalDenoiser
 from calid_lightning.models.latent_interpolator import LatentInterpolatorBase
 
