@@ -2,7 +2,7 @@
 
 ``torch.load`` of a text file raises ``KeyError``, of random bytes an ``UnpicklingError`` whose text advises
 ``weights_only=False`` - advice a user must not follow for a file of unknown origin. :func:`read_checkpoint`
-turns every such failure into a :class:`~calid_lightning.data.subject.DataError` that says what the file
+turns every such failure into a :class:`~calid_lightning.errors.DataError` that says what the file
 is (not a checkpoint, truncated, or holding arbitrary Python objects) without that advice.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from calid_lightning.data.subject import DataError
+from calid_lightning.errors import DataError
 
 ZIP_MAGIC = b"PK\x03\x04"
 """The first bytes of every checkpoint ``torch.save`` writes (a zip archive since PyTorch 1.6)."""

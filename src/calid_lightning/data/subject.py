@@ -15,20 +15,14 @@ from typing import Any
 
 import numpy as np
 
+# Re-exported: defined at the bottom layer (checkpoint_file raises it too), imported from here by most code.
+from calid_lightning.errors import DataError as DataError
+
 BACKGROUND, LV_CAVITY, MYOCARDIUM, RV_CAVITY = 0, 1, 2, 3
 CLASS_KEYS: dict[int, str] = {LV_CAVITY: "lv", MYOCARDIUM: "myo", RV_CAVITY: "rv"}
 """Short name of each heart label, as in the metric fields (``dice_lv``, ``hd95_myo``, ...)."""
 NUM_CLASSES = 4
 """Label classes including background."""
-
-
-class DataError(ValueError):
-    """Bad input a user can act on: the message names the file and the problem."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass
