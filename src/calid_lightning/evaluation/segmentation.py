@@ -2,8 +2,9 @@
 
 Labels use the internal convention (0 background, 1 LV cavity, 2 myocardium, 3 RV cavity); slices are
 ``(N, H, W)`` with ``H, W`` the image's ``X, Y`` axes, so ``spacing = (dx, dy)`` is the pixel size along
-``(H, W)`` in mm. Dice comes from MONAI ``DiceMetric``, HD95 from MONAI ``HausdorffDistanceMetric``
-(symmetric, 95th percentile of the boundary-to-boundary distances of each direction, the larger of the two).
+``(H, W)`` in mm. Dice comes from :func:`~calid_lightning.metrics.dice.dice_per_class` (MONAI), HD95 from
+MONAI ``HausdorffDistanceMetric`` (symmetric, 95th percentile of the boundary-to-boundary distances of each
+direction, the larger of the two).
 
 Empty classes, per slice and class (MONAI alone would give Dice 1 or NaN and HD95 NaN or inf):
 
@@ -23,10 +24,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.metrics import HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 
 from calid_lightning.data.subject import CLASS_KEYS, LV_CAVITY, NUM_CLASSES
+from calid_lightning.metrics.dice import dice_per_class
 
 
 def _as_labels(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
@@ -66,7 +68,7 @@ def segmentation_metrics(
     diagonal = math.hypot(h * spacing[0], w * spacing[1])
     pred_1h = one_hot(pred_t[:, None], NUM_CLASSES, dim=1)
     truth_1h = one_hot(truth_t[:, None], NUM_CLASSES, dim=1)
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred_1h, truth_1h)
+    dice = dice_per_class(pred_t, truth_t, NUM_CLASSES)
     hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
     out: dict[str, np.ndarray] = {}
     for label, key in CLASS_KEYS.items():
@@ -74,7 +76,6 @@ def segmentation_metrics(
         in_truth = truth_1h[:, label].flatten(1).any(1).numpy()
         both, either = in_pred & in_truth, in_pred | in_truth
         class_dice = dice[:, label].numpy().astype(np.float64)
-        class_dice[~either] = np.nan
         class_hd = np.where(either, diagonal, np.nan)
         if both.any():
             index = torch.from_numpy(np.flatnonzero(both))

@@ -18,13 +18,12 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from monai.losses import DiceCELoss
-from monai.metrics import compute_dice
 from monai.networks.nets import UNet
-from monai.networks.utils import one_hot
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from calid_lightning.data.subject import CLASS_KEYS, NUM_CLASSES
+from calid_lightning.metrics.dice import dice_per_class
 
 
 def _batch(batch: Any) -> tuple[Tensor, Tensor]:
@@ -168,8 +167,7 @@ class SegmenterModule(LightningModule):
 def slice_dice(pred: Tensor, truth: Tensor) -> Tensor:
     """Per-slice Dice ``(B, 3)`` of LV cavity, myocardium and RV cavity; NaN where the truth lacks the class.
 
-    ``pred`` and ``truth`` are label maps ``(B, H, W)``; MONAI ``compute_dice`` with ``ignore_empty=True``.
+    ``pred`` and ``truth`` are label maps ``(B, H, W)``; :func:`~calid_lightning.metrics.dice.dice_per_class`
+    without the background column.
     """
-    pred_1h = one_hot(pred[:, None], NUM_CLASSES, dim=1)
-    truth_1h = one_hot(truth[:, None], NUM_CLASSES, dim=1)
-    return compute_dice(pred_1h, truth_1h, include_background=False, ignore_empty=True)
+    return dice_per_class(pred, truth, NUM_CLASSES, ignore_empty_truth=True)[:, 1:]
