@@ -20,7 +20,8 @@ from monai.networks.schedulers import DDIMScheduler
 from torch import Tensor
 
 import calid_lightning.models.latent_interpolator as latent_interpolator
-from calid_lightning.evaluation.evaluate_cli import build_datamodule, data_init_args, select_frames
+from calid_lightning.data.config import build_datamodule, data_init_args
+from calid_lightning.evaluation.evaluate_cli import select_frames
 from calid_lightning.evaluation.heldout import build_method, evaluate_run
 
 

@@ -20,8 +20,8 @@ from calid_lightning.cli_options import (
     positive_float,
     positive_int,
 )
+from calid_lightning.data.config import data_init_args
 from calid_lightning.data.subject import DataError
-from calid_lightning.evaluation.evaluate_cli import data_init_args
 
 REPO = Path(__file__).resolve().parents[1]
 

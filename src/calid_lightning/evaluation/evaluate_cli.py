@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import statistics
 import sys
 from collections.abc import Sequence
@@ -33,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from calid_lightning.cli_options import add_data_arguments, add_device_argument, positive_int
+
+# build_datamodule and data_init_args are also imported from here by cine_eval and reproduce.prepare.
+from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import DataError
@@ -95,43 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
-
-
-def data_init_args(
-    path: str, overrides: Sequence[str], factor: int | None = None
-) -> tuple[str, dict[str, Any]]:
-    """``(class_path, init_args)`` of the data YAML's ``data`` section with overrides and ``gap_factor``
-    (the config's own when ``factor`` is None).
-
-    Raises ``DataError`` naming the file when it has no ``data.init_args`` mapping, ``ValueError`` for an
-    override that is not ``key=value``.
-    """
-    if not Path(path).is_file():
-        raise DataError(path, "data config not found")
-    config = OmegaConf.load(path)
-    data = config.get("data") if OmegaConf.is_dict(config) else None
-    if data is None or not OmegaConf.is_dict(data.get("init_args")):
-        raise DataError(path, "expected a `data:` section with `init_args:` (see data_modules/phantom.yaml)")
-    init = data.init_args
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--data-override {item!r}: expected KEY=VALUE, e.g. crop_size=64")
-        prefixed = item.removeprefix("data.init_args.")
-        init = OmegaConf.merge(init, OmegaConf.from_dotlist([prefixed]))
-    init = OmegaConf.to_container(init, resolve=True)
-    if factor is not None:
-        init["gap_factor"] = factor
-    return str(data.get("class_path", f"{CardiacDataModule.__module__}.CardiacDataModule")), init
-
-
-def build_datamodule(class_path: str, init_args: dict[str, Any]) -> CardiacDataModule:
-    """Instantiate the DataModule class named by ``class_path``, generate data if asked, and set it up."""
-    module_name, _, class_name = class_path.rpartition(".")
-    datamodule = getattr(importlib.import_module(module_name), class_name)(**init_args)
-    datamodule.prepare_data()
-    datamodule.setup()
-    return datamodule
 
 
 def select_frames(prepared: PreparedSubject, frames: str) -> list[int]:

@@ -35,10 +35,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from calid_lightning.cli_options import add_data_arguments, add_device_argument
+from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import DataError
-from calid_lightning.evaluation.evaluate_cli import build_datamodule, data_init_args
 from calid_lightning.evaluation.heldout import (
     CHECKPOINT_METHODS,
     METHODS,
