@@ -243,7 +243,7 @@ def test_summary_table_shows_segmentation_only_when_present() -> None:
     assert "dice_lv" not in summary_table(rows, ["linear"])
     seg = dict.fromkeys(SUBJECT_SEGMENTATION_FIELDS, 0.5)
     table = summary_table([rows[0] | seg, rows[0] | seg | {"dice_lv": 0.7}], ["linear"])
-    assert "dice_lv" in table.splitlines()[0] and "| 0.600 +- 0.141 |" in table
+    assert "dice_lv" in table.splitlines()[0] and "| 0.600 ± 0.141 |" in table
 
 
 def test_cli_without_segmenter_skips_truth_and_leaves_the_columns_out(

@@ -6,8 +6,9 @@
     calid evaluate --data data_modules/phantom.yaml --segmenter SEG.ckpt --methods truth,linear,nearest
 
 Writes the per-slice CSV (``--out``), the per-subject means (``<out stem>_subjects.csv``) and prints a
-Markdown table: mean +- std over subjects of each metric and the median seconds per volume (one frame's
-3D stack; a subject's frames are generated as one batch, so this is the batch time divided by its frames).
+Markdown table (:func:`~calid_lightning.evaluation.table.summary_table`): mean ± std over subjects of each
+metric and the median seconds per volume (one frame's 3D stack; a subject's frames are generated as one
+batch, so this is the batch time divided by its frames).
 Each method first runs once, untimed, on one frame of the first subject (warm-up). Methods that need a
 CaLID checkpoint are skipped, with a message, when ``--checkpoint`` is not given; ``pixel`` (the pixel-space
 diffusion interpolator) likewise without ``--pixel-checkpoint``.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,10 +57,12 @@ from calid_lightning.evaluation.heldout import (
     evaluate_run,
 )
 from calid_lightning.evaluation.metrics import METRICS
+
+# summary_table is also imported from here by cine_eval.
+from calid_lightning.evaluation.table import summary_table
 from calid_lightning.io_safety import atomic_path
 
 SUBJECT_FIELDS = ("subject", "method", "factor", "slices", *METRICS, "seconds_per_volume")
-TABLE_SEGMENTATION = (*SEGMENTATION_FIELDS, "abs_ef_error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,40 +156,6 @@ def subject_rows(
         values = np.array([r[metric] for r in records], dtype=np.float64)
         row[metric] = float("nan") if np.isnan(values).all() else float(np.nanmean(values))
     return row | {"seconds_per_volume": seconds / frames} | (summary or {})
-
-
-def summary_table(
-    rows: list[dict[str, Any]], methods: Sequence[str], columns: Sequence[str] | None = None
-) -> str:
-    """Markdown table: per method, mean +- std over subjects of each metric and median seconds per volume.
-
-    By default the image metrics, plus per-class Dice / HD95 (mm) and ``abs_ef_error`` (percentage points)
-    when the rows carry them (``--segmenter``); ``columns`` names other ones (``calid evaluate-cine``).
-    ``n/a`` where a method has no finite value (``truth``'s PSNR).
-    """
-    if columns is None:
-        columns = [*METRICS, *(c for c in TABLE_SEGMENTATION if rows and c in rows[0])]
-    lines = [
-        "| method | subjects | " + " | ".join(columns) + " | s/volume (median) |",
-        "|---" * (len(columns) + 3) + "|",
-    ]
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        if not mine:
-            continue
-        cells = []
-        for metric in columns:
-            values = np.array([r[metric] for r in mine], dtype=np.float64)
-            values = values[~np.isnan(values)]
-            if values.size == 0:
-                cells.append("n/a")
-                continue
-            std = values.std(ddof=1) if values.size > 1 else 0.0
-            digits = 4 if metric == "temporal_error" else 3 if metric.startswith(("ssim", "dice")) else 2
-            cells.append(f"{values.mean():.{digits}f} +- {std:.{digits}f}")
-        seconds = statistics.median(r["seconds_per_volume"] for r in mine)
-        lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + f" | {seconds:.3g} |")
-    return "\n".join(lines)
 
 
 def write_csv(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) -> None:
