@@ -329,3 +329,42 @@ def test_concatenation_only_model_trains_and_samples(vae_checkpoint: Path) -> No
     loss.backward()
     assert all(p.grad is not None for p in model.denoiser.unet.parameters())
     assert model.interpolate(below, above, r, num_steps=2).shape == below.shape
+
+
+class EaseInOracle(torch.nn.Module):
+    """An analytic denoiser: its clean-sample estimate is ``below + r**2 (above - below)`` (not symmetric in
+    below/above, not linear in r), returned as the prediction type the model expects at x_t."""
+
+    def __init__(self, model: CaLIDSpatial) -> None:
+        super().__init__()
+        self.model = [model]  # not a sub-module
+
+    def forward(self, noisy, t, below, above, r):
+        model = self.model[0]
+        w = r.reshape(-1, *([1] * (below.ndim - 1)))
+        clean = model.to_diffused(below + w**2 * (above - below), below, above, r)
+        alpha = model.ddim.alphas_cumprod[t].reshape(w.shape).float()
+        a, b = alpha.sqrt(), (1 - alpha).sqrt()
+        eps = (noisy - a * clean) / b
+        kind = model.ddim.prediction_type
+        return {"epsilon": eps, "v_prediction": a * eps - b * clean, "sample": clean}[kind]
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_interpolate_passes_below_above_and_r_to_the_denoiser_in_order(
+    vae_checkpoint: Path, residual: bool
+) -> None:
+    """With an analytic denoiser DDIM lands on its clean estimate: swapping below/above or ignoring r in the
+    sampling path (e.g. always 0.5) changes the result."""
+    model = make_model(vae_checkpoint, residual=residual)
+    if residual:
+        model.residual_scale.fill_(2.0)
+    model.ema.module = EaseInOracle(model)
+    below, above = torch.randn(2, LATENT, 4, 4), torch.randn(2, LATENT, 4, 4)
+    r = torch.tensor([0.25, 0.8])
+    expected = below + r.reshape(-1, 1, 1, 1) ** 2 * (above - below)
+    for steps in (1, 3):
+        out = model.interpolate(below, above, r, num_steps=steps, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    one_r = model.interpolate(below[:1], above[:1], 0.25, num_steps=2)  # one r for the whole batch
+    torch.testing.assert_close(one_r, expected[:1], atol=1e-4, rtol=1e-4)
