@@ -411,40 +411,44 @@ def render_heart(
     if heart.flow_amplitude > 0:
         pool = np.flatnonzero(cavity | rv_in)
         field = np.zeros(pool.size, np.float32)
+        pu, pv, pw = np.take(u, pool), np.take(v, pool), np.take(wm, pool)
         for weight, kx, ky, kz, phase in heart.flow:
-            arg = kx * u.flat[pool] + ky * v.flat[pool] + kz * wm.flat[pool] + phase + 2 * np.pi * c
+            arg = kx * pu + ky * pv + kz * pw + phase + 2 * np.pi * c
             field += weight * np.cos(arg)
         slow = (1 - hf.flat[pool]) ** 2  # slow apical flow gives less signal in bSSFP
         image.flat[pool] *= 1 + heart.flow_amplitude * (field - 0.5 * slow)
 
-    detail = np.zeros(cavity.shape, bool)
+    # Papillary muscles and trabeculae only show inside the cavity: evaluated at its points only.
+    inside = np.flatnonzero(cavity)
+    uc, vc, hfc, angc, wmc, rhoc, r_enc = (np.take(a, inside) for a in (u, v, hf, ang, wm, rho, r_en))
+    detail = np.zeros(inside.shape, bool)
     pr = heart.papillary_radius * (1 + 0.4 * c)
     for p_ang, p_rad, p_h, p_half in heart.papillary:
         pc = p_rad * f.endo_radius * np.array([np.cos(p_ang), np.sin(p_ang)])
-        level = np.clip(1 - ((hf - p_h) / p_half) ** 2, 0, None)
-        detail |= (u - pc[0]) ** 2 + (v - pc[1]) ** 2 < pr**2 * level
+        level = np.clip(1 - ((hfc - p_h) / p_half) ** 2, 0, None)
+        detail |= (uc - pc[0]) ** 2 + (vc - pc[1]) ** 2 < pr**2 * level
     n1, ph1, lam, ph2, n2, ph3 = heart.trabeculae
-    pattern = np.cos(n1 * ang + ph1 + wm / 20) * np.cos(
-        2 * np.pi * wm / lam + ph2 + 0.9 * np.sin(n2 * ang + ph3)
+    pattern = np.cos(n1 * angc + ph1 + wmc / 20) * np.cos(
+        2 * np.pi * wmc / lam + ph2 + 0.9 * np.sin(n2 * angc + ph3)
     )
-    depth = heart.trabecula_depth * (1 - 0.7 * hf) * np.clip((pattern - 0.3) / 0.7, 0, 1)
-    detail |= (rho > r_en - depth) & (depth > 0)
+    depth = heart.trabecula_depth * (1 - 0.7 * hfc) * np.clip((pattern - 0.3) / 0.7, 0, 1)
+    detail |= (rhoc > r_enc - depth) & (depth > 0)
     if len(heart.blobs):
-        inner = np.flatnonzero(cavity & (rho > 0.3 * r_en))
-        detail.flat[inner] |= _draw_blobs(
-            heart, u.flat[inner], v.flat[inner], hf.flat[inner], r_en.flat[inner]
-        )
-    image[detail & cavity] = heart.myocardium
+        inner = np.flatnonzero(rhoc > 0.3 * r_enc)
+        detail[inner] |= _draw_blobs(heart, uc[inner], vc[inner], hfc[inner], r_enc[inner])
+    image.flat[inside[detail]] = heart.myocardium
 
     image[outflow] = heart.blood
     labels[outflow] = 0
+    atrial = np.flatnonzero(above)  # the atria are drawn above the base only: evaluated there
+    ua, va, wa, ba = (np.take(a, atrial) for a in (u, v, w, base))
     for k, (offset, a, b, hr) in enumerate(heart.atria):
         cu = offset * f.epi_radius if k == 0 else heart.rv_centre + 0.3 * heart.rv_axes[0]
-        q = ((u - cu) / a) ** 2 + (v / b) ** 2 + ((w - base - hr) / hr) ** 2
-        wall = above & (q < (1 + 2.0 / a) ** 2)
-        image[wall] = heart.myocardium
-        labels[wall] = 0
-        image[above & (q < 1)] = 0.9 * heart.blood
+        q = ((ua - cu) / a) ** 2 + (va / b) ** 2 + ((wa - ba - hr) / hr) ** 2
+        wall = atrial[q < (1 + 2.0 / a) ** 2]
+        image.flat[wall] = heart.myocardium
+        labels.flat[wall] = 0
+        image.flat[atrial[q < 1]] = 0.9 * heart.blood
     image[aorta & ~cavity & ~rv_in] = heart.blood
     labels[aorta & ~cavity & ~rv_in & (labels == MYOCARDIUM)] = 0
     if envelope_margin <= 0:

@@ -61,36 +61,41 @@ def render_context(
 
     ``mediastinum`` marks points around the heart that hold soft tissue rather than lung.
     """
-    x, y, z = np.broadcast_arrays(x, y, z)
+    shape = np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z))
+    # The body does not change with height except for the liver: the in-plane terms are evaluated on the
+    # broadcast of x and y only (the same values as on the full grid) and their masks broadcast over z.
     ea = np.array([np.cos(ctx.anterior), np.sin(ctx.anterior)])
     el = np.array([ea[1], -ea[0]])
     l = x * el[0] + y * el[1] + ctx.heart_la[0]  # noqa: E741
     a = x * ea[0] + y * ea[1] + ctx.heart_la[1]
     it = ctx.intensity
     hl, ha = ctx.half_axes
-    img = np.full(x.shape, it["air"], np.float32)
+    img = np.full(shape, it["air"], np.float32)
 
     def inside(cl: float, ca: float, rl: float, ra: float) -> np.ndarray:
         return ((l - cl) / rl) ** 2 + ((a - ca) / ra) ** 2 < 1
 
-    img[inside(0, 0, hl, ha)] = it["fat"]
-    img[inside(0, 0, hl - ctx.fat, ha - ctx.fat)] = it["muscle"]
+    def paint(where: np.ndarray, value: float) -> None:
+        np.copyto(img, np.float32(value), where=where)
+
+    paint(inside(0, 0, hl, ha), it["fat"])
+    paint(inside(0, 0, hl - ctx.fat, ha - ctx.fat), it["muscle"])
     cavity = inside(0, 0, hl - ctx.fat - ctx.muscle, ha - ctx.fat - ctx.muscle)
-    img[cavity] = it["lung"]
+    paint(cavity, it["lung"])
     spine_a = -ha + ctx.fat + ctx.muscle + ctx.spine_radius + 18
-    img[inside(0, ctx.heart_la[1] - 5, 32, 60) & cavity] = it["mediastinum"]
-    img[mediastinum & cavity] = it["mediastinum"]
-    img[inside(0, spine_a - 18, 55, 30)] = it["muscle"]
-    img[inside(0, spine_a, ctx.spine_radius + 2.5, ctx.spine_radius + 2.5)] = 0.1
-    img[inside(0, spine_a, ctx.spine_radius, ctx.spine_radius)] = it["marrow"]
-    img[inside(0, spine_a - ctx.spine_radius - 9, 7, 7)] = it["csf"]
+    paint(inside(0, ctx.heart_la[1] - 5, 32, 60) & cavity, it["mediastinum"])
+    paint(mediastinum & cavity, it["mediastinum"])
+    paint(inside(0, spine_a - 18, 55, 30), it["muscle"])
+    paint(inside(0, spine_a, ctx.spine_radius + 2.5, ctx.spine_radius + 2.5), 0.1)
+    paint(inside(0, spine_a, ctx.spine_radius, ctx.spine_radius), it["marrow"])
+    paint(inside(0, spine_a - ctx.spine_radius - 9, 7, 7), it["csf"])
     ao_l, ao_a = 0.9 * ctx.spine_radius + ctx.aorta_radius, spine_a + ctx.spine_radius * 0.8
-    img[inside(ao_l, ao_a, ctx.aorta_radius + 1.5, ctx.aorta_radius + 1.5)] = it["muscle"]
-    img[inside(ao_l, ao_a, ctx.aorta_radius, ctx.aorta_radius)] = it["blood"]
+    paint(inside(ao_l, ao_a, ctx.aorta_radius + 1.5, ctx.aorta_radius + 1.5), it["muscle"])
+    paint(inside(ao_l, ao_a, ctx.aorta_radius, ctx.aorta_radius), it["blood"])
     dome = ctx.liver_top - ((l + 55) ** 2 + (a - 10) ** 2) / 260.0
     liver = cavity & (z < dome) & (l < 20)
-    img[cavity & (z < dome - 25) & (l >= 20)] = it["abdomen"]
-    img[liver] = it["liver"]
+    paint(cavity & (z < dome - 25) & (l >= 20), it["abdomen"])
+    paint(liver, it["liver"])
     return img
 
 
