@@ -90,9 +90,45 @@ def complex_noise(shape: tuple[int, ...], rng: np.random.Generator, kind: str = 
     k = white[0] + 1j * white[1]
     if kind == "none":
         return k
+    return fft.ifft2(k * _noise_window(shape, kind), axes=(0, 1), norm="ortho")
+
+
+def _noise_window(shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """The k-space window of :func:`complex_noise`, energy-normalised, shaped ``(X, Y, 1, ...)``."""
     w2 = np.outer(kspace_window(shape[0], kind), kspace_window(shape[1], kind))
-    w2 = (w2 / np.sqrt(np.mean(w2**2))).astype(np.float32).reshape(*shape[:2], *([1] * (len(shape) - 2)))
-    return fft.ifft2(k * w2, axes=(0, 1), norm="ortho")
+    return (w2 / np.sqrt(np.mean(w2**2))).astype(np.float32).reshape(*shape[:2], *([1] * (len(shape) - 2)))
+
+
+NOISE_CHUNK = 1 << 21
+"""Complex samples per chunk of :func:`noisy_magnitude` (16 MiB of complex64)."""
+
+
+def noisy_magnitude(
+    images: list[tuple[np.ndarray, np.ndarray | slice]], sigma: float, rng: np.random.Generator, kind: str
+) -> None:
+    """In place ``image = |image + sigma * noise[:, :, at]|`` for each ``(image, at)``, one noise draw.
+
+    The noise is :func:`complex_noise` of the first image's shape (``(X, Y, Z, T)``), the same numbers, but
+    windowed, transformed and applied a few frames at a time, so no full-size complex temporary is made;
+    ``at`` picks the slices of the noise an image uses (``slice(None)`` for the first). Each FFT is along
+    the same axes of the same values, so the result equals ``magnitude(image, sigma, complex_noise(...))``
+    bit for bit.
+    """
+    shape = images[0][0].shape
+    white = rng.standard_normal((2, *shape), dtype=np.float32)
+    window = None if kind == "none" else _noise_window(shape, kind)
+    step = max(1, NOISE_CHUNK // max(1, int(np.prod(shape[:-1]))))
+    for t0 in range(0, shape[-1], step):
+        frames = slice(t0, min(t0 + step, shape[-1]))
+        k = white[0][..., frames] + 1j * white[1][..., frames]
+        if window is None:
+            noise = k
+        else:
+            k *= window
+            noise = fft.ifft2(k, axes=(0, 1), norm="ortho", overwrite_x=True)
+        for image, at in images:
+            part = noise if isinstance(at, slice) and at == slice(None) else noise[:, :, at]
+            image[..., frames] = np.abs(image[..., frames] + sigma * part)
 
 
 def magnitude(image: np.ndarray, sigma: float | None, noise: np.ndarray | None) -> np.ndarray:
@@ -102,14 +138,28 @@ def magnitude(image: np.ndarray, sigma: float | None, noise: np.ndarray | None) 
     return np.abs(image + sigma * noise).astype(np.float32)
 
 
+def pack_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels 0-3 as one-hot class counts packed 6 bits apart in a uint32 (``1 << 6 * label``)."""
+    return np.left_shift(np.uint32(1), (6 * labels).astype(np.uint32))
+
+
+def majority_of_packed(summed: np.ndarray) -> np.ndarray:
+    """The most frequent class (lowest on ties, as ``argmax``) of summed :func:`pack_labels` counts."""
+    best = summed & 63
+    out = np.zeros(summed.shape, np.uint8)
+    for c in range(1, 4):
+        count = (summed >> (6 * c)) & 63
+        out[count > best] = c
+        np.maximum(best, count, out=best)
+    return out
+
+
 def majority_labels(fine: np.ndarray, s: int, n_sub: int) -> np.ndarray:
     """Labels 0-3 at the target grid: the most frequent class of each ``s x s x n_sub`` block of ``fine``.
 
     Class counts are packed 6 bits apart in one integer per sample, so one sum counts all four classes.
     """
     xs, ys, zf = fine.shape
-    packed = np.left_shift(np.uint32(1), (6 * fine).astype(np.uint32))
-    summed = packed.reshape(xs, ys, zf // n_sub, n_sub).sum(axis=3, dtype=np.uint32)
+    summed = pack_labels(fine).reshape(xs, ys, zf // n_sub, n_sub).sum(axis=3, dtype=np.uint32)
     summed = summed.reshape(xs // s, s, ys // s, s, -1).sum(axis=(1, 3), dtype=np.uint32)
-    counts = np.stack([(summed >> (6 * c)) & 63 for c in range(4)])
-    return np.argmax(counts, axis=0).astype(np.uint8)
+    return majority_of_packed(summed)

@@ -19,10 +19,10 @@ from scipy.spatial.transform import Rotation
 
 from calid_lightning.data.phantom.acquisition import (
     acquire_slices,
-    complex_noise,
     lowpass_matrix,
-    magnitude,
-    majority_labels,
+    majority_of_packed,
+    noisy_magnitude,
+    pack_labels,
     slab_weights,
 )
 from calid_lightning.data.phantom.anatomy import Heart, HeartGrid, heart_grid, render_heart, sample_heart
@@ -51,6 +51,12 @@ class Scene:
     ``x, y`` are the target pixel centres (mm), ``zf`` the sub-slice centres; the fine grid has
     ``s x s`` samples per pixel; ``weights`` maps sub-slices to the dense slabs, ``ax``/``ay`` are the
     in-plane k-space truncations (:func:`~.acquisition.lowpass_matrix`).
+
+    Frame-independent work of :func:`_render_frame`, done once: ``box`` bounds (in ``(X, Y, Zf)`` pixels)
+    the pixels that can be an edge in some frame - the candidates and their in-plane neighbours, "reach";
+    ``box_candidates`` are the candidates' flat indices in the box, ``slot`` (box-shaped) numbers the reach
+    pixels (-1 elsewhere), and ``reach_grid`` / ``reach_fine`` hold the heart-frame coordinates and the flat
+    fine-volume indices of their ``s * s`` fine samples, one row per reach pixel.
     """
 
     heart: Heart
@@ -67,6 +73,20 @@ class Scene:
     weights: np.ndarray
     ax: np.ndarray
     ay: np.ndarray
+    box: tuple[slice, slice, slice]
+    box_candidates: np.ndarray
+    slot: np.ndarray
+    reach_grid: HeartGrid
+    reach_fine: np.ndarray
+
+
+# The in-plane neighbour pairs compared to find edges: (a, b) index the two sides of each offset.
+NEIGHBOURS = (
+    ((slice(1, None),), (slice(None, -1),)),
+    ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+    ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+    ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
+)
 
 
 def _scene(
@@ -116,52 +136,102 @@ def _scene(
     blur = config.respiratory_blur_mm
     ax = lowpass_matrix(len(x), s, config.kspace_filter)
     ay = lowpass_matrix(len(y), s, config.kspace_filter, blur_mm=blur, pixel_mm=dx)
-    return Scene(heart, s, n_sub, margin, x, y, zf, offsets, candidates, grid, context, weights, ax, ay)
+    reach = _reach(heart, x, y, zf, offsets, candidates, near.shape)
+    static = (heart, s, n_sub, margin, x, y, zf, offsets, candidates, grid, context, weights, ax, ay)
+    return Scene(*static, *reach)
 
 
-def _render_frame(scene: Scene, c: float) -> tuple[np.ndarray, np.ndarray]:
-    """Finely sampled signal ``(X*s, Y*s, Zf)`` and labels of one frame at contraction ``c``.
+def _reach(
+    heart: Heart,
+    x: np.ndarray,
+    y: np.ndarray,
+    zf: np.ndarray,
+    offsets: np.ndarray,
+    candidates: np.ndarray,
+    shape: tuple[int, int, int],
+) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray, HeartGrid, np.ndarray]:
+    """The :class:`Scene` fields that let a frame render its edge pixels without recomputing their grid.
+
+    An edge pixel differs from an in-plane neighbour; outside the candidates every pixel is empty, so edges
+    lie among the candidates and their neighbours. Their fine samples' coordinates are computed here once,
+    with the same expression as a per-frame :func:`heart_grid` of those samples, so the values are the same.
+    """
+    s = len(offsets)
+    inside = np.zeros(shape, bool)
+    inside.flat[candidates] = True
+    reach = inside.copy()
+    for sl_a, sl_b in NEIGHBOURS:
+        reach[sl_a] |= inside[sl_b]
+        reach[sl_b] |= inside[sl_a]
+    rx, ry, rz = np.nonzero(reach)
+    if rx.size == 0:
+        box = (slice(0, 0), slice(0, 0), slice(0, 0))
+    else:
+        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in (rx, ry, rz))
+    slot = np.full(reach[box].shape, -1, np.int32)
+    slot[rx - box[0].start, ry - box[1].start, rz - box[2].start] = np.arange(rx.size, dtype=np.int32)
+    cx, cy, cz = np.unravel_index(candidates, shape)
+    box_candidates = np.ravel_multi_index(
+        (cx - box[0].start, cy - box[1].start, cz - box[2].start), slot.shape
+    )
+    px = (x[rx][:, None, None] + offsets[None, :, None]).astype(np.float32)
+    py = (y[ry][:, None, None] + offsets[None, None, :]).astype(np.float32)
+    pz = np.broadcast_to(zf[rz][:, None, None], (rx.size, s, s))
+    sub = heart_grid(heart, px, py, pz)
+    grid = HeartGrid(*(a.reshape(rx.size, s * s) for a in (sub.u0, sub.v0, sub.w)))
+    fine_x = (rx[:, None] * s + np.arange(s))[:, :, None]
+    fine_y = (ry[:, None] * s + np.arange(s))[:, None, :]
+    fine = (fine_x * (len(y) * s) + fine_y) * shape[2] + rz[:, None, None]
+    return box, box_candidates, slot, grid, fine.reshape(rx.size, s * s).astype(np.intp)
+
+
+def _render_frame(scene: Scene, c: float, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Finely sampled signal ``(X*s, Y*s, Zf)`` of one frame at contraction ``c``, its labels ``(X, Y, Z)``.
 
     One sample per pixel first; pixels whose 3x3 neighbourhood (in plane) is uniform keep that sample in
-    all ``s x s`` fine samples, the others (edges) are rendered at every fine sample.
+    all ``s x s`` fine samples, the others (edges) are rendered at every fine sample. The labels are the
+    majority class of each voxel's fine samples (:func:`~.acquisition.majority_labels` of the fine labels,
+    counted per pixel: a uniform pixel counts ``s * s`` of its class). ``out`` (fine-shaped) is reused.
     """
-    heart, s = scene.heart, scene.s
-    nx, ny, nf = len(scene.x), len(scene.y), len(scene.zf)
-    values, labels = np.full(scene.candidates.size, SENTINEL), np.zeros(scene.candidates.size, np.uint8)
+    heart, s, slot, at = scene.heart, scene.s, scene.slot, scene.box_candidates
+    values, labels = np.full(at.size, SENTINEL), np.zeros(at.size, np.uint8)
     render_heart(heart, scene.grid, c, values, labels)
-    coarse = np.full((nx, ny, nf), SENTINEL)
-    coarse.flat[scene.candidates] = values
-    coarse_labels = np.zeros(coarse.shape, np.uint8)
-    coarse_labels.flat[scene.candidates] = labels
-    edge = np.zeros(coarse.shape, bool)
-    for sl_a, sl_b in (
-        ((slice(1, None),), (slice(None, -1),)),
-        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-        ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
-        ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
-    ):
+    coarse = np.full(slot.shape, SENTINEL)
+    coarse.flat[at] = values
+    coarse_labels = np.zeros(slot.shape, np.uint8)
+    coarse_labels.flat[at] = labels
+    edge = np.zeros(slot.shape, bool)
+    for sl_a, sl_b in NEIGHBOURS:
         differ = (coarse[sl_a] != coarse[sl_b]) | (coarse_labels[sl_a] != coarse_labels[sl_b])
         edge[sl_a] |= differ
         edge[sl_b] |= differ
-    fine = scene.context.copy()
-    fine_labels = np.zeros(fine.shape, np.uint8)
-    view, label_view = fine.reshape(nx, s, ny, s, nf), fine_labels.reshape(nx, s, ny, s, nf)
-    ix, iy, iz = np.nonzero((coarse != SENTINEL) & ~edge)
-    view[ix, :, iy, :, iz] = coarse[ix, iy, iz][:, None, None]
-    label_view[ix, :, iy, :, iz] = coarse_labels[ix, iy, iz][:, None, None]
-    ex, ey, ez = np.nonzero(edge)
-    if ex.size:
-        off = scene.offsets
-        px = (scene.x[ex][:, None, None] + off[None, :, None]).astype(np.float32)
-        py = (scene.y[ey][:, None, None] + off[None, None, :]).astype(np.float32)
-        pz = np.broadcast_to(scene.zf[ez][:, None, None], (ex.size, s, s))
-        sub = heart_grid(heart, px, py, pz)
-        img_e = np.ascontiguousarray(view[ex, :, ey, :, ez])
-        lab_e = np.zeros(img_e.shape, np.uint8)
-        render_heart(heart, sub, c, img_e, lab_e)
-        view[ex, :, ey, :, ez] = img_e
-        label_view[ex, :, ey, :, ez] = lab_e
-    return fine, fine_labels
+    if out is None:
+        fine = scene.context.copy()
+    else:
+        fine = out
+        np.copyto(fine, scene.context)
+    flat = fine.reshape(-1)
+    uniform = (values != SENTINEL) & ~edge.flat[at]
+    flat[scene.reach_fine[slot.flat[at[uniform]]]] = values[uniform][:, None]
+    edges = np.flatnonzero(edge)
+    rows = slot.flat[edges]
+    lab_e = np.zeros((rows.size, s * s), np.uint8)
+    if rows.size:
+        index = scene.reach_fine[rows]
+        img_e = flat[index]
+        g = scene.reach_grid
+        render_heart(heart, HeartGrid(g.u0[rows], g.v0[rows], g.w[rows]), c, img_e, lab_e)
+        flat[index] = img_e
+    # Packed class counts (pack_labels) of each pixel's s x s fine samples; empty pixels hold background.
+    drawn_labels = np.where(coarse != SENTINEL, coarse_labels, 0).astype(np.uint32)
+    box_counts = np.left_shift(np.uint32(s * s), 6 * drawn_labels)
+    box_counts.flat[edges] = pack_labels(lab_e).sum(axis=1, dtype=np.uint32)
+    counts = np.full((len(scene.x), len(scene.y), len(scene.zf)), s * s, np.uint32)
+    counts[scene.box] = box_counts
+    nz, n_sub, m = scene.weights.shape[0], scene.n_sub, scene.margin
+    voxel = counts[:, :, m : m + nz * n_sub].reshape(*counts.shape[:2], nz, n_sub)
+    summed = voxel.sum(axis=3, dtype=np.uint32)
+    return fine, majority_of_packed(summed)
 
 
 def _wall_thickness(labels: np.ndarray, dx: float, dy: float) -> float:
@@ -230,15 +300,17 @@ def generate_subject(seed: int, config: PhantomConfig | None = None) -> PhantomS
     bias = bias_field(bias_rng, x, y, z, bias_amp)
     image *= bias[..., None]
     sigma = heart.blood / snr if snr is not None else None
-    noise = complex_noise(image.shape, noise_rng, config.kspace_filter) if sigma is not None else None
-    if sparse_image is None:
-        image = magnitude(image, sigma, noise)
-        sparse_image, sparse_labels = image[:, :, kept].copy(), labels[:, :, kept].copy()
-    else:
+    stacks = [(image, slice(None))]
+    if sparse_image is not None:
         sparse_image *= bias[:, :, kept, None]
-        sparse_image = magnitude(sparse_image, sigma, None if noise is None else noise[:, :, kept])
-        image = magnitude(image, sigma, noise)
-    del noise
+        stacks.append((sparse_image, kept))
+    if sigma is None:
+        for stack, _ in stacks:
+            np.abs(stack, out=stack)
+    else:
+        noisy_magnitude(stacks, sigma, noise_rng, config.kspace_filter)
+    if sparse_image is None:
+        sparse_image, sparse_labels = image[:, :, kept].copy(), labels[:, :, kept].copy()
 
     voxel_ml = dx * dx * dz / 1000.0
     lv = np.count_nonzero(labels == LV_CAVITY, axis=(0, 1, 2)) * voxel_ml
@@ -336,10 +408,10 @@ def _acquire(
             )
             for sx, sy in shifts_px.T
         ]
+    fine = np.empty_like(scene.context)
     for t, c in enumerate(contractions):
-        fine, fine_labels = _render_frame(scene, float(c))
+        fine, labels[..., t] = _render_frame(scene, float(c), fine)
         image[..., t] = acquire_slices(fine, scene.weights, scene.ax, scene.ay)
-        labels[..., t] = majority_labels(fine_labels[:, :, m : m + nz * n_sub], s, n_sub)
         if separate:
             slabs = (fine.reshape(-1, fine.shape[2]) @ sparse_weights.T).reshape(*fine.shape[:2], -1)
             for j, (ax, ay) in enumerate(ops):
