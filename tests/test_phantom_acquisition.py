@@ -168,3 +168,60 @@ def test_the_writer_refuses_a_folder_it_does_not_own_and_leaves_it_unchanged(tmp
     (owned / "patient002").mkdir()  # a folder the writer did not create
     with pytest.raises(PhantomFolderError, match="patient002"):
         write_dataset(owned, 2, seed=0, config=config)
+
+
+# sha256 of the stored int16 dense and sparse images (with their slope) and the dense labels, computed
+# with the generator before it was made fast (commit 3ede1f8); a change of any stored value changes them.
+# Floating-point results can differ on another CPU or numpy/scipy/OpenBLAS build, so they are asserted only
+# on the platform they were recorded on (numpy 1.26.4, scipy 1.17.1, AVX-512); elsewhere a mismatch skips.
+PINNED_PLATFORM = ("1.26.4", "1.17.1", True)
+PINNED = {
+    "default": (
+        11,
+        dict(size=(48, 48), frames=3, dense_slices=24),
+        "5e42727ec4fb3141c0eb5f1e7962825de8445bffa0e3c1f49761eefd30dfd718",
+    ),
+    "thin_shifted": (
+        12,
+        dict(
+            size=(40, 40),
+            frames=2,
+            dense_slices=20,
+            truth="thin",
+            breath_hold_shift_mm=2.0,
+            kspace_filter="hann",
+        ),
+        "885a8278175cffb49846fac60246100f291ca9474b1eba9f1c0cb1e36114ee54",
+    ),
+}
+
+
+def _stored_digest(seed: int, config: PhantomConfig, out: Path) -> str:
+    """sha256 over the int16 data, shapes and slope of the dense and sparse files and the dense labels."""
+    folder = write_subject(generate_subject(seed, config), out, 1)
+    digest = hashlib.sha256()
+    for stem in ("patient001_dense_4d", "patient001_4d", "patient001_dense_gt_4d"):
+        img = nib.load(folder / f"{stem}.nii.gz")
+        data = np.asarray(img.dataobj.get_unscaled())
+        data = data.astype(data.dtype.newbyteorder("<"), copy=False)
+        digest.update(
+            f"{stem} {data.dtype.kind}{data.itemsize} {data.shape} {float(img.dataobj.slope)!r}".encode()
+        )
+        digest.update(np.ascontiguousarray(data).tobytes())
+    return digest.hexdigest()
+
+
+def _platform() -> tuple[str, str, bool]:
+    import scipy
+    from numpy.core._multiarray_umath import __cpu_features__
+
+    return np.__version__, scipy.__version__, bool(__cpu_features__.get("AVX512F"))
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_stored_subject_is_bit_identical_to_the_pinned_generator_output(case: str, tmp_path: Path):
+    seed, options, expected = PINNED[case]
+    digest = _stored_digest(seed, PhantomConfig(**options), tmp_path)
+    if digest != expected and _platform() != PINNED_PLATFORM:
+        pytest.skip(f"pinned on {PINNED_PLATFORM} (numpy, scipy, AVX-512); this is {_platform()}")
+    assert digest == expected, "the phantom's stored output changed: the results table was computed on it"
