@@ -4,7 +4,8 @@ Tasks and their items (intensities float32 in [0, 1]):
 
 - ``"slice"`` (VAE): ``image`` ``(1, H, W)``.
 - ``"spatial"`` (CaLID): ``below``, ``above``, ``target`` ``(1, H, W)`` and ``r`` (float).
-- ``"cine"`` (2D+T): the same keys with ``(1, T, H, W)`` cines, plus ``frames`` (real frames before padding).
+- ``"cine"`` (2D+T): the same keys with ``(1, T, H, W)`` cines, plus ``frames`` (real frames before padding)
+  and ``frame_indices`` ``(T,)`` (the frames of the subject the cine holds, padding included).
 - ``"segment"`` (downstream segmenter): ``image`` ``(1, H, W)`` and ``label`` ``(H, W)`` int64 in the internal
   convention, at labelled frames only (see :func:`labelled_frames`).
 
@@ -168,6 +169,7 @@ class ExampleBuilder:
             slab = self._augment(torch.from_numpy(np.moveaxis(block, 0, -1)), seed)
             slab = slab[[i % real for i in range(len(indices))]][None]
             item["frames"] = real
+            item["frame_indices"] = torch.tensor(indices)
         item.update(
             below=slab[..., 0].contiguous(),
             target=slab[..., example.j].contiguous(),

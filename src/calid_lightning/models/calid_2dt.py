@@ -24,6 +24,7 @@ from torch import Tensor
 
 from calid_lightning.metrics.temporal import temporal_coherence_error
 from calid_lightning.models.conditioning import ConditionalDenoiser
+from calid_lightning.models.diffusion import randn_like_from
 from calid_lightning.models.latent_interpolator import LatentInterpolatorBase
 
 BATCH_KEYS = ("below", "above", "target", "r")
@@ -60,6 +61,8 @@ class CaLID2DT(LatentInterpolatorBase):
     spatial_dims = 3
     task = "cine"
     batch_keys = BATCH_KEYS
+    frame_noise: float = 0.0
+    """Correlation in [0, 1] of the initial sampling noise across the frames of a cine (0: independent)."""
 
     @property
     def time_multiple(self) -> int:
@@ -87,6 +90,17 @@ class CaLID2DT(LatentInterpolatorBase):
         n, c, t = z.shape[:3]
         frames = self.vae.decode(z.transpose(1, 2).reshape(n * t, c, *z.shape[-2:])).float()
         return frames.reshape(n, t, *frames.shape[1:]).transpose(1, 2).clamp(0.0, 1.0).contiguous()
+
+    def _initial_noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Noise for latent cines ``(N, C, T, h, w)``, correlated over T by :attr:`frame_noise`:
+        ``sqrt(rho) * shared + sqrt(1 - rho) * independent`` (each still standard normal per element)."""
+        rho = float(self.frame_noise)
+        if rho == 0.0:
+            return randn_like_from(like, generator)
+        shared = randn_like_from(like[:, :, :1], generator).expand_as(like)
+        if rho == 1.0:
+            return shared.contiguous()
+        return rho**0.5 * shared + (1.0 - rho) ** 0.5 * randn_like_from(like, generator)
 
     def _predict(
         self, denoiser: ConditionalDenoiser, noisy: Tensor, t: Tensor, below: Tensor, above: Tensor, r: Tensor

@@ -85,9 +85,13 @@ class LatentCache:
         return cls(latents)
 
     def lookup(self, subject_ids: Sequence[str], z: Tensor, frames: Tensor) -> Tensor:
-        """Latents ``(B, C, h, w)`` of slice ``z[b]`` at frame ``frames[b]`` of ``subject_ids[b]``."""
-        rows = [self.latents[s][int(zi), int(fi)] for s, zi, fi in zip(subject_ids, z, frames, strict=True)]
-        return torch.stack(rows)
+        """Latents of slice ``z[b]`` of ``subject_ids[b]``: at frame ``frames[b]`` (``frames`` ``(B,)``) as
+        ``(B, C, h, w)``, or its cine at frames ``frames[b, :]`` (``frames`` ``(B, T)``) as
+        ``(B, C, T, h, w)``."""
+        frames = torch.as_tensor(frames)
+        rows = [self.latents[s][int(zi), fi] for s, zi, fi in zip(subject_ids, z, frames, strict=True)]
+        stacked = torch.stack(rows)
+        return stacked.transpose(1, 2).contiguous() if frames.ndim == 2 else stacked
 
 
 @torch.no_grad()

@@ -105,7 +105,8 @@ class LatentInterpolatorBase(LightningModule):
         latent_cache: encode every slice of the training subjects once at the start of fit
             (:class:`~calid_lightning.models.latent_cache.LatentCache`, on disk under the DataModule's
             ``cache_dir``/latents when it has one) and train on those latents instead of encoding three
-            slices per example; exact, since the VAE is frozen and spatial items are not augmented.
+            slices (or cines) per example; exact, since the VAE is frozen and training items are not
+            augmented (no ``augment`` in the data config).
         residual: diffuse the residual over latent lerp, ``(z - lerp(below, above, r)) * residual_scale``,
             instead of the latent itself: the model starts at lerp and only learns the correction.
             ``residual_scale`` (1 / std of the residual over training examples) is computed at the start
@@ -154,10 +155,10 @@ class LatentInterpolatorBase(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.latent_channels, downsample_factor = self._build_codec(vae_checkpoint, vae_hparams)
-        if latent_cache and (self.task != "spatial" or not hasattr(self, "vae")):
+        if latent_cache and not hasattr(self, "vae"):
             raise ValueError(
-                f"{type(self).__name__}: latent_cache=true caches 2D VAE latents of single slices; it is for "
-                "CaLIDSpatial only (set model.init_args.latent_cache=false)"
+                f"{type(self).__name__}: latent_cache=true caches VAE latents; this model has no VAE "
+                "(set model.init_args.latent_cache=false)"
             )
         self.denoiser = ConditionalDenoiser(
             latent_channels=self.latent_channels,
@@ -239,7 +240,7 @@ class LatentInterpolatorBase(LightningModule):
         """
         r = torch.as_tensor(r, dtype=below.dtype, device=below.device).reshape(-1).expand(below.shape[0])
         denoiser = self.ema.module
-        noise = randn_like_from(below, generator)
+        noise = self._initial_noise(below, generator)
 
         def predict(sample: Tensor, t: Tensor) -> Tensor:
             return self._predict(denoiser, sample, t, below, above, r)
@@ -268,6 +269,10 @@ class LatentInterpolatorBase(LightningModule):
         return self.residual_scale
 
     # ---- hooks for the item shape --------------------------------------------------------------------------
+    def _initial_noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The noise a DDIM chain of :meth:`interpolate` starts from (independent per element)."""
+        return randn_like_from(like, generator)
+
     def _predict(
         self, denoiser: ConditionalDenoiser, noisy: Tensor, t: Tensor, below: Tensor, above: Tensor, r: Tensor
     ) -> Tensor:
@@ -317,7 +322,7 @@ class LatentInterpolatorBase(LightningModule):
         ids = list(batch["subject_id"])
         if not all(s in cache for s in ids):
             return None
-        frames = batch["frame"]
+        frames = batch.get("frame_indices", batch["frame"])
         return tuple(cache.lookup(ids, batch[key], frames) for key in ("z_below", "z_above", "z"))
 
     def build_latent_cache(self, datamodule: Any) -> None:
@@ -479,11 +484,14 @@ def checkpoint_model_class(checkpoint: dict[str, Any], path: str | Path = "check
     """The interpolator class of a loaded checkpoint dict.
 
     Uses the class name written by ``on_save_checkpoint``; for checkpoints saved without it, a state_dict
-    without ``vae.*`` weights is a pixel-space model, else the U-Net's input convolution tells a 3D (2D+T)
-    denoiser from a 2D (spatial) one. Raises :class:`DataError` naming the file when it is not a CaLID
+    without ``vae.*`` weights is a pixel-space model, one with the U-Net under ``denoiser.spatial`` an
+    inflated 2D+T model, else the U-Net's input convolution tells a 3D (2D+T) denoiser from a 2D (spatial)
+    one. Raises :class:`DataError` naming the file when it is not a CaLID
     checkpoint.
     """
     name = checkpoint.get(MODEL_CLASS_KEY)
+    if name is None and "denoiser.spatial.unet.conv_in.conv.weight" in checkpoint.get("state_dict", {}):
+        name = "calid_lightning.models.calid_inflated.CaLIDInflated"
     if name is None:
         weight = checkpoint.get("state_dict", {}).get("denoiser.unet.conv_in.conv.weight")
         if weight is None:
