@@ -80,3 +80,18 @@ def test_more_steps_approach_the_probability_flow_solution() -> None:
     spreads = [float(ddim_sample(oracle, ddim, noise, n).std()) for n in (5, 20, 200)]
     assert spreads == sorted(spreads)
     assert abs(spreads[-1] - SIGMA) < 0.03
+
+
+def test_randn_like_from_is_the_cpu_float32_draw_cast_to_the_reference() -> None:
+    from calid_lightning.models.diffusion import randn_like_from, sample_timesteps
+
+    reference = torch.zeros(2, 3, 4, dtype=torch.float64)
+    noise = randn_like_from(reference, torch.Generator().manual_seed(0))
+    expected = torch.randn((2, 3, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    assert noise.dtype == torch.float64 and noise.device == reference.device
+    assert torch.equal(noise, expected.double())
+    half = randn_like_from(reference.half(), torch.Generator().manual_seed(0))
+    assert half.dtype == torch.float16 and torch.equal(half, expected.half())
+    t = sample_timesteps(4000, 10, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and t.shape == (4000,) and set(t.tolist()) == set(range(10))
+    assert torch.equal(t, torch.randint(0, 10, (4000,), generator=torch.Generator().manual_seed(0)))

@@ -84,3 +84,42 @@ def test_bad_shapes_are_rejected() -> None:
         slice_metrics(x[..., :8, :8], x[..., :8, :8])
     with pytest.raises(ValueError, match="one heart box per slice"):
         slice_metrics(x, x, [None, None, None])
+
+
+def test_high_frequency_ratio_by_hand() -> None:
+    from calid_lightning.evaluation.metrics import high_frequency_ratio
+
+    true = torch.zeros(2, 1, 5, 5, dtype=torch.float64)
+    true[:, :, 2, 2] = 1.0  # the Laplacian of a single dot: -4 at it, 1 at its 4 neighbours -> energy 20
+    pred = 0.5 * true  # energy 5
+    pred[1] = 0.0
+    ratio = high_frequency_ratio(pred, true)
+    assert ratio.dtype == torch.float64 and ratio.tolist() == [0.25, 0.0]
+    assert high_frequency_ratio(true, 3 * true).tolist() == pytest.approx([1 / 9, 1 / 9])
+    flat = high_frequency_ratio(true, torch.full_like(true, 0.5))  # no high frequencies in the truth
+    assert torch.isnan(flat).all()
+
+
+def test_heart_metrics_are_nan_only_where_the_box_is_none() -> None:
+    pred_np, true_np = image_pair(3)
+    pred, true = as_batch(pred_np, pred_np, pred_np), as_batch(true_np, true_np, true_np)
+    box = (slice(4, 20), slice(6, 30))
+    metrics = slice_metrics(pred, true, [None, box, box])
+    assert set(metrics) == {"psnr", "ssim", "psnr_heart", "ssim_heart", "hf_ratio"}
+    assert all(v.dtype == torch.float64 and v.shape == (3,) for v in metrics.values())
+    assert torch.isnan(metrics["psnr_heart"][0]) and torch.isnan(metrics["ssim_heart"][0])
+    assert (
+        not torch.isnan(metrics["psnr_heart"][1:]).any() and not torch.isnan(metrics["ssim_heart"][1:]).any()
+    )
+    expected = peak_signal_noise_ratio(true_np[box], pred_np[box], data_range=1.0)
+    assert metrics["psnr_heart"][2].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match=r"need one heart box per slice \(3\) or one for all, got 2"):
+        slice_metrics(pred, true, [box, box])
+
+
+def test_heart_box_margin_is_clipped_at_the_image_edge() -> None:
+    labels = np.zeros((2, 10, 12), dtype=np.int64)
+    labels[0, 0, 3] = LV_CAVITY  # touches the top edge
+    labels[1, 5, 11] = RV_CAVITY  # touches the right edge, on another frame: leading axes merge
+    assert heart_box(labels, margin=2) == (slice(0, 8), slice(1, 12))
+    assert heart_box(labels[0], margin=0) == (slice(0, 1), slice(3, 4))

@@ -1,5 +1,7 @@
 """Held-out plans, example enumeration, splits and cine frame padding (pure functions)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,43 @@ def test_cap_examples_is_deterministic_and_spread():
     assert len(capped) == 10 and capped == cap_examples(examples, 10)
     assert {e.subject_id for e in capped} == {"a", "b"}
     assert cap_examples(examples, None) == examples
+
+
+def test_stable_int_and_the_heldout_offsets_are_pinned() -> None:
+    """The held-out slices decide every number of the results table: pin them for fixed seeds."""
+    assert stable_int("heldout", 0, "patient001", 4) == 8412539487184770372
+    assert stable_int("a", 1) == 6861350103018950465 and stable_int("a", 1) < 2**63
+    kept = {s: heldout_plan(12, 4, 0, s)[0].tolist() for s in ("patient001", "patient002", "patient003")}
+    assert kept == {"patient001": [0, 4, 8], "patient002": [1, 5, 9], "patient003": [2, 6, 10]}
+    assert heldout_plan(12, 4, 1, "patient001")[0].tolist() == [1, 5, 9]
+    assert heldout_plan(12, 3, 0, "patient001")[0].tolist() == [2, 5, 8, 11]
+
+
+@pytest.mark.parametrize(
+    ("n", "fractions", "sizes"),
+    [
+        (10, (0.6, 0.2, 0.2), (6, 2, 2)),
+        (10, (0.8, 0.1, 0.1), (8, 1, 1)),
+        (10, (0.4, 0.3, 0.3), (4, 3, 3)),
+        (10, (3, 1, 1), (6, 2, 2)),  # weights, not fractions: divided by their sum
+        (10, (1, 0, 1), (4, 1, 5)),  # at least one subject each
+        (4, (0.0, 0.5, 0.5), (1, 1, 2)),  # train keeps one: val gives up a subject first on a tie
+        (4, (0.0, 0.3, 0.7), (1, 1, 2)),
+        (4, (0.0, 0.7, 0.3), (1, 2, 1)),
+        (3, (0.0, 0.5, 0.5), (1, 1, 1)),
+    ],
+)
+def test_split_sizes(n: int, fractions: tuple[float, ...], sizes: tuple[int, int, int]) -> None:
+    splits = split_subjects([f"p{i:02d}" for i in range(n)], fractions, seed=0)
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == sizes
+
+
+@pytest.mark.parametrize("fractions", [(0.5, -0.1, 0.6), (0, 0, 0), (0.5, 0.5)])
+def test_split_rejects_bad_fractions_naming_them(fractions: tuple[float, ...]) -> None:
+    expected = f"split must be 3 non-negative fractions [train, val, test], got {list(fractions)}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        split_subjects(["a", "b", "c"], fractions, seed=0)
+    with pytest.raises(
+        ValueError, match=r"need >= 3 subjects for train/val/test splits, found 2: \['a', 'b'\]"
+    ):
+        split_subjects(["b", "a"], (0.6, 0.2, 0.2), seed=0)

@@ -241,3 +241,115 @@ def test_progress_of_a_3d_stack_counts_slices() -> None:
     upsample_stack(stack, factor_positions(4, 4), ImageLinear(), progress=bar)
     assert bar.n == bar.total == 9 + 1
     assert sum(units for phase, units in bar.advances if phase == "sampling") == 9
+
+
+@pytest.mark.parametrize(
+    ("shape", "positions", "message"),
+    [
+        ((3, 1, 4, 5), [0.5], r"stack must be \(Z, N, 1, \[T,\] H, W\), got shape \(3, 1, 4, 5\)"),
+        ((1, 1, 1, 4, 5), [0.0], "need at least 2 acquired slices to interpolate between, got 1"),
+        ((2, 1, 1, 4, 5), [], "no target positions given"),
+        ((2, 1, 1, 4, 5), [0.0, 0.5, 0.5], "target positions must be strictly increasing"),
+        ((2, 1, 1, 4, 5), [-0.5, 0.5], r"target positions must lie in \[0, 1\], got -0.5..0.5"),
+        ((2, 1, 1, 4, 5), [0.25, 0.5, 1.5], r"target positions must lie in \[0, 1\], got 0.25..1.5"),
+    ],
+)
+def test_bad_stacks_and_positions_are_rejected_with_the_reason(shape, positions, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        upsample_stack(torch.zeros(shape), positions, ImageLinear())
+
+
+def test_two_slices_and_the_end_positions_are_valid() -> None:
+    stack = random_stack(z=2, n=1)
+    result = upsample_stack(stack, [0.0, 0.5, 1.0], ImageLinear())
+    assert torch.equal(result.dense[0], stack[0]) and torch.equal(result.dense[2], stack[1])
+    with pytest.raises(ValueError, match="samples must be >= 1, got 0"):
+        upsample_stack(stack, [0.5], ImageLinear(), samples=0)
+    with pytest.raises(ValueError, match="factor must be a positive integer, got 0"):
+        factor_positions(3, 0)
+    assert factor_positions(3, 1) == [0, 1, 2]
+
+
+def test_only_acquired_positions_copy_the_stack() -> None:
+    stack = random_stack(z=3, n=2)
+    one = upsample_stack(stack, [0.0, 2.0], Recorder())
+    assert torch.equal(one.dense, stack[[0, 2]]) and one.std is None and one.positions == [0.0, 2.0]
+    two = upsample_stack(stack, [1.0], Recorder(), samples=2)
+    assert torch.equal(two.dense, stack[[1]]) and torch.equal(two.std, torch.zeros_like(two.dense))
+    assert upsample_stack(stack, [1.0], Recorder(), samples=3).std is not None
+
+
+def test_seeds_steps_and_sample_statistics_by_hand() -> None:
+    stack, positions = random_stack(z=3, n=2), factor_positions(3, 2)
+
+    def run(**kwargs):
+        return upsample_stack(stack, positions, Recorder(noise=0.1), **kwargs).dense
+
+    torch.testing.assert_close(run(), run(seed=0), atol=0, rtol=0)  # the default seed is 0
+    assert not torch.allclose(run(seed=0), run(seed=1))
+    both = upsample_stack(stack, positions, Recorder(noise=0.1), seed=5, samples=2)
+    runs = torch.stack([run(seed=5), run(seed=6)])  # samples use seeds seed .. seed + samples - 1
+    torch.testing.assert_close(both.dense, runs.mean(0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(both.std, runs.std(0), atol=1e-6, rtol=0)
+
+    class StepRecorder(Recorder):
+        def interpolate(self, below, above, r, num_steps=None, generator=None):
+            self.steps = [*getattr(self, "steps", []), num_steps]
+            return super().interpolate(below, above, r)
+
+    fake = StepRecorder()
+    upsample_stack(stack, positions, fake, num_steps=7)
+    assert fake.steps == [7]
+    EngineUpsampler(fake, num_steps=3, seed=2).upsample(stack, 2)
+    assert fake.steps == [7, 3]
+
+
+def test_engine_upsampler_passes_order_seed_and_batch() -> None:
+    stack = random_stack(z=3, n=2)
+    engine = EngineUpsampler(Recorder(noise=0.1), order="sequential", seed=3, max_batch=1)
+    expected = upsample_stack(
+        stack, factor_positions(3, 4), Recorder(noise=0.1), "sequential", seed=3, max_batch=1
+    )
+    torch.testing.assert_close(engine.upsample(stack, 4), expected.dense, atol=0, rtol=0)
+    fake = Recorder()
+    EngineUpsampler(fake, order="sequential").upsample(position_stack(3, 1), 4)
+    assert len(fake.calls) == 3, "sequential: three levels"
+
+
+def test_pad_to_multiple_pads_each_axis_by_replicating_edges_split_evenly() -> None:
+    from calid_lightning.inference.upsample import pad_to_multiple
+
+    x = torch.arange(2 * 3 * 1 * 5 * 8, dtype=torch.float32).reshape(2, 3, 1, 5, 8)
+    padded, (top, left) = pad_to_multiple(x, 4)  # rows 5 -> 8 (1 above, 2 below), columns already 8
+    assert padded.shape == (2, 3, 1, 8, 8) and (top, left) == (1, 0)
+    assert torch.equal(padded[..., 1:6, :], x)
+    assert torch.equal(padded[..., 0, :], x[..., 0, :]) and torch.equal(padded[..., 7, :], x[..., 4, :])
+    wide, (top, left) = pad_to_multiple(x[..., :4, :7], 4)  # columns 7 -> 8 only
+    assert wide.shape == (2, 3, 1, 4, 8) and (top, left) == (0, 0)
+    assert torch.equal(wide[..., :7], x[..., :4, :7]) and torch.equal(wide[..., 7], x[..., :4, 6])
+    odd, (top, left) = pad_to_multiple(torch.zeros(1, 1, 3, 3), 8)
+    assert odd.shape == (1, 1, 8, 8) and (top, left) == (2, 2)
+    same, offsets = pad_to_multiple(x[..., :4, :], 4)
+    assert same is not None and offsets == (0, 0) and torch.equal(same, x[..., :4, :])
+
+
+def test_an_interpolator_without_size_multiple_is_not_padded() -> None:
+    class Bare:
+        """Encodes by identity, records the shapes, has no ``size_multiple``."""
+
+        def __init__(self) -> None:
+            self.encoded_shapes: list[tuple[int, ...]] = []
+
+        def encode(self, x):
+            self.encoded_shapes.append(tuple(x.shape))
+            return x
+
+        def decode(self, z):
+            return z
+
+        def interpolate(self, below, above, r, num_steps=None, generator=None):
+            return lerp(below, above, r)
+
+    fake = Bare()
+    upsample_stack(random_stack(z=2, n=1, h=5, w=7), [0.5], fake)
+    assert fake.encoded_shapes == [(2, 1, 5, 7)]
