@@ -24,6 +24,7 @@ from calid_lightning.evaluation.evaluate_cli import subjects_path
 from calid_lightning.inference.baselines import ImageLinear, linear_upsample
 from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.calid_2dt import CaLID2DT
+from calid_lightning.models.calid_inflated import CaLIDInflated
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from checkpoints import TINY_UNET, save_checkpoint, tiny_vae_checkpoint
 
@@ -122,9 +123,18 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for p in cine.ema.module.unet.out.parameters():
             p.normal_(std=0.1)
     spatial = CaLIDSpatial(vae_checkpoint=vae, **TINY_UNET)
+    with torch.no_grad():
+        for p in spatial.ema.module.unet.out.parameters():
+            p.normal_(std=0.1)
+    spatial_path = save_checkpoint(spatial, folder / "spatial.ckpt")
+    inflated = CaLIDInflated(spatial_checkpoint=str(spatial_path), temporal_layers="conv")
+    with torch.no_grad():  # trained-looking temporal layers: the inflated model differs from frame by frame
+        for mixer in inflated.ema.module.mixers:
+            mixer.proj.weight.normal_(std=0.2)
     return {
         "cine": save_checkpoint(cine, folder / "cine.ckpt"),
-        "spatial": save_checkpoint(spatial, folder / "spatial.ckpt"),
+        "spatial": spatial_path,
+        "inflated": save_checkpoint(inflated, folder / "inflated.ckpt"),
     }
 
 
@@ -148,9 +158,20 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def test_cli_end_to_end(phantom_root: Path, checkpoints: dict[str, Path], tmp_path: Path, capsys) -> None:
     out, figure = tmp_path / "eval" / "cine.csv", tmp_path / "fig" / "intensity.png"
     ckpts = ["--cine-checkpoint", str(checkpoints["cine"]), "--checkpoint", str(checkpoints["spatial"])]
-    assert evaluate_cine(phantom_root, out, *ckpts, "--figure", str(figure)) == 0
+    ckpts += ["--inflated-checkpoint", str(checkpoints["inflated"])]
+    methods = [
+        "calid_2dt",
+        "calid_inflated",
+        "calid_inflated_shared",
+        "calid_shared",
+        "calid",
+        "linear",
+        "nearest",
+    ]
+    assert (
+        evaluate_cine(phantom_root, out, *ckpts, "--figure", str(figure), "--methods", ",".join(methods)) == 0
+    )
     printed = capsys.readouterr().out
-    methods = ["calid_2dt", "calid", "linear", "nearest"]
 
     datamodule = CardiacDataModule(root=str(phantom_root), crop_size=32, phantom=PHANTOM, gap_factor=4)
     (subject,) = datamodule.subjects("test")
@@ -168,6 +189,8 @@ def test_cli_end_to_end(phantom_root: Path, checkpoints: dict[str, Path], tmp_pa
     assert all(float(r["seconds_per_volume"]) > 0 and int(r["slices"]) == len(heldout) for r in subject_rows)
     by_method = {r["method"]: r for r in subject_rows}
     assert by_method["calid_2dt"]["psnr"] != by_method["calid"]["psnr"], "two different models"
+    assert by_method["calid_inflated"]["psnr"] != by_method["calid_inflated_shared"]["psnr"], "other noise"
+    assert by_method["calid_shared"]["psnr"] != by_method["calid"]["psnr"], "shared vs independent noise"
     assert float(by_method["linear"]["psnr"]) > float(by_method["nearest"]["psnr"]), "phantom sanity order"
     assert "| calid_2dt | 1 |" in printed and "temporal_error" in printed and "s/volume" in printed
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 1000
@@ -220,4 +243,22 @@ def test_a_file_that_is_not_a_checkpoint_exits_2(tmp_path: Path, capsys) -> None
     with pytest.raises(SystemExit) as exc:
         calid_main([*argv, "--out", str(tmp_path / "x.csv")])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and f"--cine-checkpoint {junk}" in err and "cannot be read" in err
+    assert exc.value.code == 2 and f"--cine-checkpoint {junk}" in err and "not a PyTorch checkpoint" in err
+
+
+def test_an_inflated_checkpoint_is_not_a_from_scratch_2dt_one(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    argv = ["evaluate-cine", "--data", "data_modules/phantom.yaml", "--methods", "calid_2dt"]
+    with pytest.raises(SystemExit) as exc:
+        calid_main(
+            [*argv, "--cine-checkpoint", str(checkpoints["inflated"]), "--out", str(tmp_path / "x.csv")]
+        )
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "holds a CaLIDInflated model, expected a CaLID2DT" in err
+    argv = ["evaluate-cine", "--data", "data_modules/phantom.yaml", "--methods", "calid_inflated"]
+    with pytest.raises(SystemExit) as exc:
+        calid_main(
+            [*argv, "--inflated-checkpoint", str(checkpoints["cine"]), "--out", str(tmp_path / "x.csv")]
+        )
+    assert exc.value.code == 2 and "expected a CaLIDInflated" in capsys.readouterr().err

@@ -151,9 +151,40 @@ def test_residual_scale_is_one_over_the_residual_std(model: CaLIDSpatial) -> Non
     model.residual_scale.fill_(0.0)
 
 
-def test_latent_cache_is_refused_for_models_without_single_slice_latents(tmp_path: Path) -> None:
+def test_cine_batches_read_the_cache_and_equal_encoding(tmp_path: Path) -> None:
+    """A 2D+T model's cine items (``frame_indices`` (B, T), wrap padding included) read the same cache."""
     from calid_lightning.models.calid_2dt import CaLID2DT
 
-    vae = tiny_vae_checkpoint(tmp_path / "vae.ckpt")
-    with pytest.raises(ValueError, match="CaLIDSpatial only"):
-        CaLID2DT(vae_checkpoint=str(vae), **TINY_UNET, latent_cache=True)
+    vae = tiny_vae_checkpoint(tmp_path / "vae.ckpt", torch.rand(16, 1, SIZE, SIZE))
+    torch.manual_seed(0)
+    model = CaLID2DT(vae_checkpoint=str(vae), **TINY_UNET, latent_cache=True)
+    subject = prepared("s0", 0)
+    model.build_latent_cache(
+        SimpleNamespace(
+            hparams=SimpleNamespace(cache_dir=None),
+            subjects=lambda split: ["s0"],
+            prepared_subject=lambda s: subject,
+        )
+    )
+    image = torch.from_numpy(subject.image)
+    frames = torch.tensor([[0, 2, 1, 0], [1, 2, 1, 2]])  # the second cine wraps: frames 1, 2 then 1, 2 again
+    z = {"z_below": torch.tensor([0, 2]), "z": torch.tensor([1, 4]), "z_above": torch.tensor([2, 5])}
+    cines = {
+        key: torch.stack([image[z[k][b], frames[b]] for b in range(2)])[:, None]
+        for key, k in (("below", "z_below"), ("target", "z"), ("above", "z_above"))
+    }
+    batch = {
+        "subject_id": ["s0", "s0"],
+        **z,
+        "frame": frames[:, 0],
+        "frame_indices": frames,
+        **cines,
+        "r": torch.tensor([0.5, 2 / 3]),
+    }
+    model.train()
+    cached = model._encode_batch(batch)
+    model.eval()
+    encoded = model._encode_batch(batch)
+    for got, want in zip(cached[:3], encoded[:3], strict=True):
+        assert got.shape == (2, 4, 4, SIZE // 4, SIZE // 4)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

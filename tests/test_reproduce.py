@@ -197,17 +197,32 @@ def test_training_overrides_set_the_root_and_name_the_wandb_run(tmp_path: Path) 
     assert "name" not in merged["trainer"]["logger"][0]["init_args"]  # input untouched
     no_vae = training_overrides({"trainer": {"logger": False}}, "segmenter", run_dir, "quick", None)
     assert no_vae == {"trainer": {"default_root_dir": str(run_dir)}}
+    inflated = {
+        "model": {"init_args": {"spatial_checkpoint": "runs/calid_spatial/quick/checkpoints/last.ckpt"}}
+    }
+    spatial = tmp_path / "calid_spatial" / "last.ckpt"
+    out = training_overrides(inflated, "calid_inflated", run_dir, "quick", None, spatial)
+    assert out["model"] == {"init_args": {"spatial_checkpoint": str(spatial)}}
 
 
 def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     profile = load_profile("experiments/reproduce/quick.yaml")
     stages = {s.name: s for s in plan(profile, tmp_path / "runs", tmp_path / "results")}
-    assert {"data", "vae", "segmenter", "calid_spatial", "calid_2dt", "pixel_spatial"} <= set(stages)
+    assert {"data", "vae", "segmenter", "calid_spatial", "calid_inflated", "pixel_spatial"} <= set(stages)
     assert {"eval_spatial_x2", "eval_spatial_x4", "eval_pixel_x4", "eval_cine_x4", "figures_x4"} <= set(
         stages
     )
     assert set(stages["calid_spatial"].needs) == {"data", "vae"}
+    assert set(stages["calid_inflated"].needs) == {"data", "calid_spatial"}
+    assert set(stages["eval_cine_x4"].needs) == {"calid_inflated", "calid_spatial"}
+    argv = stages["eval_cine_x4"].argv
+    inflated_ckpt = str(last_checkpoint(tmp_path / "runs" / "calid_inflated"))
+    assert argv[argv.index("--inflated-checkpoint") + 1] == inflated_ckpt
+    generated = yaml.safe_load((tmp_path / "runs" / "configs" / "calid_inflated.yaml").read_text())
+    assert generated["model"]["init_args"]["spatial_checkpoint"] == str(
+        last_checkpoint(tmp_path / "runs" / "calid_spatial")
+    )
     assert set(stages["eval_spatial_x4"].needs) == {"calid_spatial", "segmenter"}
     generated = yaml.safe_load((tmp_path / "runs" / "configs" / "calid_spatial.yaml").read_text())
     assert generated["model"]["init_args"]["vae_checkpoint"] == str(

@@ -80,6 +80,15 @@ def tiny_profile(tmp_path: Path) -> Path:
                 "needs": ["vae"],
                 "args": TINY_TRAIN + DIFFUSION,
             },
+            "calid_inflated": {
+                "config": "experiments/calid_inflated.yaml",
+                "args": [
+                    *TINY_TRAIN,
+                    "--model.init_args.val_inference_steps=2",
+                    "--model.init_args.val_num_samples=2",
+                    "--data.init_args.num_frames=4",
+                ],
+            },
             "calid_2dt": {
                 "config": "experiments/calid_2dt.yaml",
                 "needs": ["vae"],
@@ -94,7 +103,12 @@ def tiny_profile(tmp_path: Path) -> Path:
             "steps": 2,
             "methods": ["calid", "lerp", "linear", "nearest", "truth"],
             "pixel": {"factors": [4], "frames": "ed"},
-            "cine": {"factor": 4, "frames": 4, "methods": ["calid_2dt", "calid", "linear"]},
+            "cine": {
+                "factor": 4,
+                "frames": 4,
+                "steps": 1,
+                "methods": ["calid_inflated", "calid_shared", "calid_2dt", "calid", "linear"],
+            },
         },
         "figures": {"factor": 4, "samples": 2, "methods": ["calid", "pixel", "linear"]},
     }
@@ -116,7 +130,7 @@ def test_reproduce_runs_every_stage_and_writes_the_table(
     out = capsys.readouterr().out
     assert code == 0, out + "".join(p.read_text()[-3000:] for p in (runs / "tiny").rglob("*.log"))
 
-    for name in ("vae", "segmenter", "calid_spatial", "calid_2dt", "pixel_spatial"):
+    for name in ("vae", "segmenter", "calid_spatial", "calid_inflated", "calid_2dt", "pixel_spatial"):
         assert (runs / "tiny" / "tiny_data" / name / "checkpoints" / "last.ckpt").is_file(), name
     table = (results / "table.md").read_text()
     for heading in ("## Gap factor x2", "## Gap factor x4", "## 2D+T cines, gap factor x4"):
@@ -137,7 +151,9 @@ def test_reproduce_runs_every_stage_and_writes_the_table(
         assert (results / "figures" / f"{figure}.png").stat().st_size > 1000, figure
 
     stamps = sorted(p.name for p in (runs / "tiny" / "tiny_data" / "stamps").glob("*.json"))
-    assert len(stamps) == 11  # data, 5 trainings, 2 spatial + 1 pixel + 1 cine evaluation, figures
+    cine = {r["method"] for r in rows if r["section"] == "cine"}
+    assert cine == {"calid_inflated", "calid_shared", "calid_2dt", "calid", "linear"}
+    assert len(stamps) == 12  # data, 6 trainings, 2 spatial + 1 pixel + 1 cine evaluation, figures
     assert main([*argv, "--heartbeat", "1000"]) == 0  # everything cached: nothing runs again
     again = capsys.readouterr().out
     assert again.count("skip ") == len(stamps) and "start " not in again

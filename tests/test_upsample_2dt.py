@@ -1,4 +1,5 @@
-"""`calid upsample` with a 2D+T checkpoint: a 4D cine in, the dense 4D cine out, whole cines per slice."""
+"""`calid upsample` with a 2D+T checkpoint (3D U-Net or inflated spatial model): a 4D cine in, the dense
+4D cine out, whole cines per slice."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from scipy.spatial.transform import Rotation
 from calid_lightning.cli import main as calid
 from calid_lightning.inference.nifti_io import frames_from_cine, read_sparse_stack, std_path
 from calid_lightning.models.calid_2dt import CaLID2DT
+from calid_lightning.models.calid_inflated import CaLIDInflated
+from calid_lightning.models.calid_spatial import CaLIDSpatial
 from checkpoints import save_checkpoint, tiny_vae_checkpoint
 
 SPACING = (1.4, 1.6, 10.0)
@@ -53,6 +56,25 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(model, folder / "cine.ckpt")
 
 
+@pytest.fixture(scope="module")
+def inflated_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An inflated 2D+T checkpoint (a tiny spatial model plus temporal layers) as a plain dict."""
+    folder = tmp_path_factory.mktemp("inflated")
+    spatial = CaLIDSpatial(
+        vae_checkpoint=str(tiny_vae_checkpoint(folder / "vae.ckpt")),
+        channels=(16, 32),
+        attention_levels=(False, True),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+    )
+    with torch.no_grad():
+        for p in spatial.ema.module.unet.out.parameters():
+            p.normal_(std=0.1)
+    model = CaLIDInflated(spatial_checkpoint=str(save_checkpoint(spatial, folder / "spatial.ckpt")))
+    return save_checkpoint(model, folder / "inflated.ckpt")
+
+
 def test_cine_stack_layout_round_trip(tmp_path: Path) -> None:
     sparse = read_sparse_stack(write_cine(tmp_path / "cine.nii.gz"))
     cine = sparse.cine_stack
@@ -63,9 +85,15 @@ def test_cine_stack_layout_round_trip(tmp_path: Path) -> None:
         frames_from_cine(sparse.stack)
 
 
+@pytest.mark.parametrize("kind", ["checkpoint", "inflated_checkpoint"])
 def test_calid_upsample_4d_with_a_2dt_checkpoint(
-    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    kind: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
+    checkpoint = request.getfixturevalue(kind)
     src = write_cine(tmp_path / "sparse.nii.gz")
     out = tmp_path / "dense.nii.gz"
     calls: list[tuple[int, ...]] = []

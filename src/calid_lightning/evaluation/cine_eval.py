@@ -48,6 +48,7 @@ from calid_lightning.evaluation.evaluate_cli import (
 from calid_lightning.evaluation.heldout import (
     CHECKPOINT_METHODS,
     IMAGE_METHODS,
+    MEAN_DRAWS,
     Upsampler,
     build_method,
     heldout_positions,
@@ -55,9 +56,15 @@ from calid_lightning.evaluation.heldout import (
 )
 from calid_lightning.evaluation.metrics import METRICS, heart_box, slice_heart_boxes, slice_metrics
 from calid_lightning.evaluation.temporal import plot_methods_over_time, temporal_coherence_error
+from calid_lightning.inference.interpolator import ConditionalMean
 from calid_lightning.inference.upsample import EngineUpsampler
 
-CINE_METHODS = ("calid_2dt",)
+INFLATED_METHODS = ("calid_inflated", "calid_inflated_shared", "calid_inflated_mean")
+"""The inflated 2D+T model (``--inflated-checkpoint``): one sample with independent / shared noise over the
+frames, and its conditional-mean estimate (as ``calid_mean`` for the spatial model)."""
+CINE_METHODS = ("calid_2dt", *INFLATED_METHODS, "calid_shared")
+"""Whole-cine methods; ``calid_shared`` is the spatial model (``--checkpoint``) frame by frame with one noise
+for every frame of a cine (the inflation with no temporal layers)."""
 FRAME_METHODS = CHECKPOINT_METHODS + IMAGE_METHODS
 METHODS = CINE_METHODS + FRAME_METHODS
 CINE_METRICS = (*METRICS, "temporal_error")
@@ -103,10 +110,15 @@ def parse_frames(value: str) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calid evaluate-cine", description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
-    parser.add_argument("--cine-checkpoint", help="CaLID2DT checkpoint for calid_2dt")
+    parser.add_argument("--cine-checkpoint", help="CaLID2DT (3D U-Net) checkpoint for calid_2dt")
+    parser.add_argument(
+        "--inflated-checkpoint",
+        help="CaLIDInflated checkpoint for calid_inflated and calid_inflated_shared",
+    )
     parser.add_argument(
         "--checkpoint",
-        help="CaLIDSpatial checkpoint for calid, calid_sequential, lerp, slerp (frame by frame)",
+        help="CaLIDSpatial checkpoint for calid, calid_shared, calid_mean, calid_sequential, lerp, slerp "
+        "(frame by frame)",
     )
     parser.add_argument("--methods", default="calid_2dt,calid,linear,nearest", help="comma-separated")
     parser.add_argument("--factor", type=int, default=4, help="gap factor: keep every k-th slice")
@@ -128,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--figure", help="PNG: mean heart-box intensity over time of one held-out slice (first subject)"
     )
     parser.add_argument(
+        "--figure-methods",
+        default="calid_inflated,calid,linear",
+        help="comma-separated methods drawn in --figure (those evaluated; all evaluated when none is)",
+    )
+    parser.add_argument(
         "--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up run of each method"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -135,18 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def checkpoint_class(path: str) -> type:
-    """The interpolator class a checkpoint file holds (read without building the model)."""
-    from lightning.fabric.utilities.cloud_io import _load as pl_load
-
+    """The interpolator class a checkpoint file holds (read weights-only, without building the model)."""
+    from calid_lightning.checkpoint_file import read_checkpoint
     from calid_lightning.models.latent_interpolator import checkpoint_model_class
 
-    try:
-        checkpoint = pl_load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises many types for a file that is not a checkpoint
-        raise DataError(path, f"cannot be read as a PyTorch checkpoint ({exc})") from exc
-    if not isinstance(checkpoint, dict):
-        raise DataError(path, f"holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict")
-    return checkpoint_model_class(checkpoint, path)
+    return checkpoint_model_class(read_checkpoint(path), path)
 
 
 def build_cine_methods(
@@ -155,29 +165,44 @@ def build_cine_methods(
     checkpoint: str | None,
     device: str,
     max_batch: int,
+    inflated_checkpoint: str | None = None,
 ) -> dict[str, CineMethod]:
     """The methods by name; raises ``ValueError`` naming the option whose checkpoint is unreadable or holds
     the wrong model."""
     from calid_lightning.models.calid_2dt import CaLID2DT
+    from calid_lightning.models.calid_inflated import CaLIDInflated
     from calid_lightning.models.calid_spatial import CaLIDSpatial
     from calid_lightning.models.latent_interpolator import load_interpolator
 
-    expected = (("--cine-checkpoint", cine_checkpoint, CaLID2DT), ("--checkpoint", checkpoint, CaLIDSpatial))
+    expected = (
+        ("--cine-checkpoint", cine_checkpoint, CaLID2DT),
+        ("--inflated-checkpoint", inflated_checkpoint, CaLIDInflated),
+        ("--checkpoint", checkpoint, CaLIDSpatial),
+    )
     for option, path, cls in expected:
         if path:
             try:
                 found = checkpoint_class(path)
             except DataError as exc:
                 raise ValueError(f"{option} {exc}") from exc
-            if not issubclass(found, cls):
+            exact = (
+                cls is CaLID2DT and found is not CaLID2DT
+            )  # the from-scratch 3D model, not an inflated one
+            if not issubclass(found, cls) or exact:
                 raise ValueError(
                     f"{option} {path}: holds a {found.__name__} model, expected a {cls.__name__}"
                 )
     built: dict[str, CineMethod] = {}
     for name in methods:
         if name in CINE_METHODS:
-            model = load_interpolator(str(cine_checkpoint), map_location=device)
-            built[name] = CineMethod(EngineUpsampler(model, max_batch=max_batch, device=device), True)
+            if name == "calid_shared":
+                model = CaLIDInflated(spatial_checkpoint=checkpoint, temporal_layers="none").to(device).eval()
+            else:
+                path = cine_checkpoint if name == "calid_2dt" else inflated_checkpoint
+                model = load_interpolator(str(path), map_location=device)
+            model.frame_noise = 1.0 if name.endswith("_shared") else 0.0
+            interpolator = ConditionalMean(model, draws=MEAN_DRAWS) if name.endswith("_mean") else model
+            built[name] = CineMethod(EngineUpsampler(interpolator, max_batch=max_batch, device=device), True)
         else:
             built[name] = CineMethod(build_method(name, checkpoint, device, max_batch), False)
     return built
@@ -323,12 +348,18 @@ def _checked_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(f"--methods {args.methods!r}: unknown {unknown}; choose from {', '.join(METHODS)}")
     if args.factor < 2:
         parser.error(f"--factor must be >= 2 (one held-out slice per gap), got {args.factor}")
-    for option, path in (("--cine-checkpoint", args.cine_checkpoint), ("--checkpoint", args.checkpoint)):
+    options = (
+        ("--cine-checkpoint", args.cine_checkpoint),
+        ("--inflated-checkpoint", args.inflated_checkpoint),
+        ("--checkpoint", args.checkpoint),
+    )
+    for option, path in options:
         if path and not Path(path).is_file():
             parser.error(f"{option} {path}: file not found")
     needs = (
-        (CINE_METHODS, "--cine-checkpoint", args.cine_checkpoint),
-        (CHECKPOINT_METHODS, "--checkpoint", args.checkpoint),
+        (("calid_2dt",), "--cine-checkpoint", args.cine_checkpoint),
+        (INFLATED_METHODS, "--inflated-checkpoint", args.inflated_checkpoint),
+        ((*CHECKPOINT_METHODS, "calid_shared"), "--checkpoint", args.checkpoint),
     )
     for needed, option, path in needs:
         skipped = [m for m in methods if m in needed]
@@ -339,7 +370,10 @@ def _checked_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             )
             methods = [m for m in methods if m not in needed]
     if not methods:
-        parser.error("no method left to evaluate: pass --cine-checkpoint / --checkpoint or an image method")
+        parser.error(
+            "no method left to evaluate: pass --cine-checkpoint / --inflated-checkpoint / --checkpoint "
+            "or an image method"
+        )
     return methods
 
 
@@ -350,7 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     names = _checked_methods(parser, args)
     try:
         methods = build_cine_methods(
-            names, args.cine_checkpoint, args.checkpoint, args.device, args.max_batch
+            names,
+            args.cine_checkpoint,
+            args.checkpoint,
+            args.device,
+            args.max_batch,
+            args.inflated_checkpoint,
         )
     except (DataError, ValueError) as exc:
         parser.error(str(exc))
@@ -378,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(subject_rows(found, seconds))
                 bar.update()
             if number == 0 and args.figure:
-                figure = write_figure(args.figure, prepared, heldout, frames, preds)
+                drawn = {m: preds[m] for m in args.figure_methods.split(",") if m in preds} or preds
+                figure = write_figure(args.figure, prepared, heldout, frames, drawn)
         bar.close()
     except (DataError, ValueError) as exc:
         print(f"calid evaluate-cine: error: {exc}", file=sys.stderr)

@@ -155,11 +155,6 @@ class LatentInterpolatorBase(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.latent_channels, downsample_factor = self._build_codec(vae_checkpoint, vae_hparams)
-        if latent_cache and not hasattr(self, "vae"):
-            raise ValueError(
-                f"{type(self).__name__}: latent_cache=true caches VAE latents; this model has no VAE "
-                "(set model.init_args.latent_cache=false)"
-            )
         self.denoiser = ConditionalDenoiser(
             latent_channels=self.latent_channels,
             channels=channels,
@@ -211,6 +206,12 @@ class LatentInterpolatorBase(LightningModule):
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """Image slices (N, 1, H, W) in [0, 1] -> scaled latents (N, C, H/f, W/f), float32."""
+        return self.encode_slices(x)
+
+    @torch.no_grad()
+    def encode_slices(self, x: Tensor) -> Tensor:
+        """2D image slices (N, 1, H, W) -> scaled VAE latents, whatever this model's items are (the latent
+        cache stores slices, also for cine models)."""
         self._check_size(x)
         return self.vae.encode(x).float()
 
@@ -329,7 +330,7 @@ class LatentInterpolatorBase(LightningModule):
         """Encode the training subjects of ``datamodule`` (a CardiacDataModule) once (``latent_cache``)."""
         cache_dir = getattr(datamodule.hparams, "cache_dir", None)
         self._latent_cache = LatentCache.build(
-            self.encode,
+            self.encode_slices,
             (datamodule.prepared_subject(s) for s in datamodule.subjects("train")),
             module_digest(self.vae),
             self.device,
@@ -350,7 +351,7 @@ class LatentInterpolatorBase(LightningModule):
                 prepared.subject_id, prepared.num_slices, datamodule.train_factors, frames, rng
             )
             images = torch.from_numpy(prepared.image[[ex.below, ex.above, ex.target], ex.frame].copy())
-            below, above, target = self.encode(images[:, None].to(self.device))
+            below, above, target = self.encode_slices(images[:, None].to(self.device))
             lerped = lerp(below[None], above[None], torch.tensor([ex.r], device=self.device))
             residuals.append(target - lerped[0])
         std = torch.stack(residuals).float().std()

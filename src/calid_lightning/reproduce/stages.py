@@ -100,9 +100,15 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def training_overrides(
-    merged: dict[str, Any], stage: str, run_dir: Path, profile: str, vae_checkpoint: Path | None
+    merged: dict[str, Any],
+    stage: str,
+    run_dir: Path,
+    profile: str,
+    vae_checkpoint: Path | None,
+    spatial_checkpoint: Path | None = None,
 ) -> dict[str, Any]:
-    """The generated config of a training stage: its root ``run_dir``, W&B run names and the VAE it uses.
+    """The generated config of a training stage: its root ``run_dir``, W&B run names and the VAE (and, for
+    the inflated 2D+T model, the spatial CaLID) it starts from.
 
     ``merged`` is the experiment config merged with the profile's override config (lists replaced, as
     LightningCLI does), unresolved: the loggers and checkpoints of experiments/*.yaml derive their paths from
@@ -120,8 +126,13 @@ def training_overrides(
             renamed.append(dict(logger) | {"init_args": init})
         overrides["trainer"]["logger"] = renamed
     model_init = (merged.get("model") or {}).get("init_args") or {}
+    init: dict[str, str] = {}
     if vae_checkpoint is not None and "vae_checkpoint" in model_init:
-        overrides["model"] = {"init_args": {"vae_checkpoint": str(vae_checkpoint)}}
+        init["vae_checkpoint"] = str(vae_checkpoint)
+    if spatial_checkpoint is not None and "spatial_checkpoint" in model_init:
+        init["spatial_checkpoint"] = str(spatial_checkpoint)
+    if init:
+        overrides["model"] = {"init_args": init}
     return overrides
 
 
@@ -148,8 +159,12 @@ def training_stages(profile: Profile, run_root: Path) -> list[Stage]:
         vae = last_checkpoint(run_root / "vae") if name in STAGE_NEEDING_VAE else None
         if vae is not None and "vae" not in needs:
             needs = ("vae", *needs)
+        model_init = (merged.get("model") or {}).get("init_args") or {}
+        spatial = last_checkpoint(run_root / "calid_spatial") if "spatial_checkpoint" in model_init else None
+        if spatial is not None and "calid_spatial" not in needs:
+            needs = ("calid_spatial", *needs)
         generated = config_dir / f"{name}.yaml"
-        overrides = training_overrides(merged, name, run_dir, profile.name, vae)
+        overrides = training_overrides(merged, name, run_dir, profile.name, vae, spatial)
         generated.write_text(yaml.safe_dump(overrides, sort_keys=False))
         argv = ["fit", "-c", spec.config, "-c", profile.data]
         argv += [*(["-c", str(extra)] if extra and extra.is_file() else []), "-c", str(generated), *spec.args]
@@ -221,14 +236,20 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
             needs = ("pixel_spatial", *seg_needs)
             stages.append(evaluate(f"eval_pixel_x{factor}", models, factor, "pixel", pixel_frames, needs))
     cine = ev.get("cine") or {}
-    if cine and "calid_2dt" in trained:
+    cine_models = {
+        "calid_2dt": "--cine-checkpoint",
+        "calid_inflated": "--inflated-checkpoint",
+        "calid_spatial": "--checkpoint",
+    }
+    if cine and trained & {"calid_2dt", "calid_inflated"}:
         factor = int(cine.get("factor", 4))
         out, figure = eval_dir / f"cine_x{factor}.csv", figure_dir / f"intensity_over_time_x{factor}.png"
-        spatial = ["--checkpoint", ckpt["calid_spatial"]] if "calid_spatial" in trained else []
-        argv = ["evaluate-cine", *common, "--cine-checkpoint", ckpt["calid_2dt"], *spatial, *steps]
+        needs = tuple(name for name in cine_models if name in trained)
+        models = [arg for name in needs for arg in (cine_models[name], ckpt[name])]
+        cine_steps = ["--steps", str(cine["steps"])] if cine.get("steps") else steps
+        argv = ["evaluate-cine", *common, *models, *cine_steps]
         argv += ["--factor", str(factor), "--frames", str(cine.get("frames", 8))]
-        argv += ["--methods", ",".join(cine.get("methods", ["calid_2dt", "calid", "linear"]))]
-        needs = ("calid_2dt", *(("calid_spatial",) if spatial else ()))
+        argv += ["--methods", ",".join(cine.get("methods", ["calid_inflated", "calid", "linear"]))]
         argv += ["--out", str(out), "--figure", str(figure)]
         stages.append(Stage(f"eval_cine_x{factor}", tuple(argv), needs, (out, figure)))
     figures = profile.figures
