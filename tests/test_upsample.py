@@ -253,6 +253,7 @@ def test_progress_of_a_3d_stack_counts_slices() -> None:
         ((2, 1, 1, 4, 5), [-0.5, 0.5], r"target positions must lie in \[0, 1\], got -0.5..0.5"),
         ((2, 1, 1, 4, 5), [0.25, 0.5, 1.5], r"target positions must lie in \[0, 1\], got 0.25..1.5"),
     ],
+    ids=["ndim", "one-slice", "no-positions", "not-increasing", "below-0", "above-last"],
 )
 def test_bad_stacks_and_positions_are_rejected_with_the_reason(shape, positions, message) -> None:
     with pytest.raises(ValueError, match=message):
