@@ -1,4 +1,5 @@
-"""Tiny checkpoints for tests: a plain-dict saver and a small VAE with a computed latent scale factor.
+"""Tiny checkpoints for tests: a plain-dict saver, a small VAE with a computed latent scale factor and a quiet
+CPU Trainer for tiny fits.
 
 Import as ``from checkpoints import save_checkpoint, tiny_vae_checkpoint`` (tests/ is on the path, like
 ``layouts``).
@@ -7,9 +8,11 @@ Import as ``from checkpoints import save_checkpoint, tiny_vae_checkpoint`` (test
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning
 import torch
+from lightning.pytorch import Trainer
 
 from calid_lightning.models.vae import VAEModule
 
@@ -21,6 +24,23 @@ TINY_UNET = {
     "num_head_channels": 8,
 }
 """Denoiser arguments of the tiny interpolators the tests build (2 levels, attention at the second)."""
+
+
+def quiet_trainer(root: Path, max_steps: int, **overrides: Any) -> Trainer:
+    """A CPU Trainer for tiny fits: no logger, checkpoints, progress bar or model summary; one validation
+    batch and no sanity check unless ``overrides`` say otherwise."""
+    args = {
+        "max_steps": max_steps,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": root,
+    }
+    return Trainer(**{**args, **overrides})
 
 
 def save_checkpoint(module: lightning.LightningModule, path: Path) -> Path:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
 from calid_lightning.data.subject import DataError
@@ -20,7 +19,7 @@ from calid_lightning.models.calid_2dt import CaLID2DT, wrap_pad_time
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.conditioning import ConditionalDenoiser, condition_input
 from calid_lightning.models.latent_interpolator import MODEL_CLASS_KEY, load_interpolator
-from checkpoints import TINY_UNET, save_checkpoint, tiny_vae_checkpoint
+from checkpoints import TINY_UNET, quiet_trainer, save_checkpoint, tiny_vae_checkpoint
 
 SIZE = 16
 LATENT = 4
@@ -95,17 +94,7 @@ def trained(vae_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     model = make_model(vae_checkpoint)
     batch = next(iter(loader()))
     before = fixed_loss(model, batch)
-    trainer = Trainer(
-        max_steps=30,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path_factory.mktemp("fit"),
-    )
+    trainer = quiet_trainer(tmp_path_factory.mktemp("fit"), 30)
     trainer.fit(model, loader(shuffle=True), loader())
     return {"model": model, "trainer": trainer, "before": before, "after": fixed_loss(model, batch)}
 

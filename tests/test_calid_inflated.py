@@ -20,7 +20,7 @@ from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.diffusion import ddim_sample
 from calid_lightning.models.latent_interpolator import load_interpolator
 from calid_lightning.models.temporal_layers import TemporalMixer, phase_encoding
-from checkpoints import TINY_UNET, save_checkpoint, tiny_vae_checkpoint
+from checkpoints import TINY_UNET, quiet_trainer, save_checkpoint, tiny_vae_checkpoint
 from test_calid_2dt import LATENT, cine_examples
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -154,17 +154,7 @@ def test_frame_noise_correlation(spatial_checkpoint: Path, rho: float) -> None:
 
 
 def train(model: CaLIDInflated, root: Path, steps: int = 4) -> Trainer:
-    trainer = Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-    )
+    trainer = quiet_trainer(root, steps)
     data = DataLoader(cine_examples(4, 5), batch_size=2)
     trainer.fit(model, data, data)
     return trainer

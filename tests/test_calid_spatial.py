@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.conditioning import ConditionalDenoiser, condition_input
 from calid_lightning.models.diffusion import ddim_sample, make_schedulers, randn_like_from, training_target
-from checkpoints import TINY_UNET, tiny_vae_checkpoint
+from checkpoints import TINY_UNET, quiet_trainer, tiny_vae_checkpoint
 
 SIZE = 16
 LATENT = 4
@@ -87,17 +87,7 @@ def trained(vae_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     model = make_model(vae_checkpoint)
     batch = next(iter(loader()))
     before = fixed_loss(model, batch)
-    trainer = Trainer(
-        max_steps=40,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path_factory.mktemp("fit"),
-    )
+    trainer = quiet_trainer(tmp_path_factory.mktemp("fit"), 40)
     trainer.fit(model, loader(shuffle=True), loader())
     return {"model": model, "trainer": trainer, "before": before, "after": fixed_loss(model, batch)}
 

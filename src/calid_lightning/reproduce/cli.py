@@ -92,6 +92,14 @@ def table_notes(
             f"Pixel-space diffusion rows: factors {pixel.get('factors')}, "
             f"frames `{pixel.get('frames', 'ed_es')}`.",
         )
+    cine = evaluate.get("cine") or {}
+    if cine:
+        steps = cine.get("steps") or evaluate.get("steps") or "default"
+        notes.insert(
+            2,
+            f"2D+T rows: {cine.get('frames', 8)} frames over the cycle, {steps} DDIM steps for every method; "
+            "the inflated model is the spatial checkpoint plus its fine-tuned temporal layers.",
+        )
     return notes
 
 

@@ -16,6 +16,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from calid_lightning.evaluation.table import markdown_table, mean_std
 from calid_lightning.io_safety import atomic_path, atomic_write_text
 
 
@@ -155,10 +156,7 @@ def markdown(summaries: Sequence[dict[str, object]], columns: Sequence[Column]) 
             best[column.field] = min(values, key=lambda v, t=column.target: abs(v - t))
         elif len(values) > 1:
             best[column.field] = max(values) if column.higher_is_better else min(values)
-    lines = [
-        "| method | n | " + " | ".join(c.header for c in columns) + " |",
-        "|---|---:|" + "---:|" * len(columns),
-    ]
+    rows = []
     for summary in summaries:
         cells = []
         for column in columns:
@@ -166,13 +164,13 @@ def markdown(summaries: Sequence[dict[str, object]], columns: Sequence[Column]) 
             if math.isnan(value):
                 cells.append("-")
                 continue
-            spec = f".{column.digits}{column.style}"
-            text = format(value, spec) + ("" if math.isnan(std) else f" ± {format(std, spec)}")
+            text = mean_std(value, std, f".{column.digits}{column.style}")
             is_best = summary["method"] not in CEILINGS and best.get(column.field) == value
             cells.append(f"**{text}**" if is_best else text)
         name = METHOD_NAMES.get(str(summary["method"]), str(summary["method"]))
-        lines.append(f"| {name} | {summary['subjects']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([name, summary["subjects"], *cells])
+    header = ["method", "n", *(c.header for c in columns)]
+    return markdown_table(header, rows, right=[False] + [True] * (len(columns) + 1))
 
 
 def build_table(eval_dir: Path, title: str, notes: Sequence[str] = ()) -> tuple[str, list[dict[str, object]]]:
