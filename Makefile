@@ -10,7 +10,7 @@ PROFILE ?= quick
 DATA ?= data_modules/phantom.yaml
 PYTEST_FAST := -m "not slow and not ddp and not gpu"
 
-.PHONY: help install test test-slow mutation lint format phantom train-vae train-spatial train-inflated train-2dt train-pixel train-segmenter evaluate upsample bench bench-data bench-train reproduce-table sweep clean
+.PHONY: help install test test-slow mutation lint format phantom train-vae train-spatial train-inflated train-pixel train-segmenter evaluate upsample bench bench-data bench-train reproduce-table sweep clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -61,9 +61,6 @@ train-spatial:  ## train the spatial CaLID interpolator on the trained VAE
 
 train-inflated:  ## inflate the trained spatial CaLID into 2D+T (temporal layers) and fine-tune it on cines
 	$(CALID) fit -c experiments/calid_inflated.yaml -c $(DATA) $(call profile,calid_inflated) $(ARGS)
-
-train-2dt:  ## train the 2D+T CaLID interpolator on the trained VAE
-	$(CALID) fit -c experiments/calid_2dt.yaml -c $(DATA) $(call profile,calid_2dt) $(ARGS)
 
 train-pixel:  ## train the pixel-space diffusion interpolator (the latent-vs-pixel reference)
 	$(CALID) fit -c experiments/pixel_spatial.yaml -c $(DATA) $(call profile,pixel_spatial) $(ARGS)

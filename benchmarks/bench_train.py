@@ -57,8 +57,8 @@ from calid_lightning.models.vae import VAEModule
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
-MODELS = ("vae", "calid_spatial", "calid_2dt", "pixel_spatial", "segmenter")
-LATENT_MODELS = ("calid_spatial", "calid_2dt")
+MODELS = ("vae", "calid_spatial", "pixel_spatial", "segmenter")
+LATENT_MODELS = ("calid_spatial",)
 STEP_TRAINER_KEYS = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 """Trainer settings of an experiment config that change what one training step does."""
 

@@ -5,6 +5,7 @@ Tiny sizes: 16x16 frames -> 4x4 latents (VAE factor 4), U-Net channels (16, 32).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,14 +15,43 @@ from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
 from calid_lightning.data.subject import DataError
-from calid_lightning.models.calid_2dt import CaLID2DT
+from calid_lightning.inference.upsample import factor_positions, upsample_stack
 from calid_lightning.models.calid_inflated import CaLIDInflated
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.diffusion import ddim_sample
-from calid_lightning.models.latent_interpolator import load_interpolator
+from calid_lightning.models.latent_interpolator import MODEL_CLASS_KEY, load_interpolator
 from calid_lightning.models.temporal_layers import TemporalMixer, phase_encoding
 from checkpoints import TINY_UNET, quiet_trainer, save_checkpoint, tiny_vae_checkpoint
-from test_calid_2dt import LATENT, cine_examples
+
+SIZE = 16
+LATENT = 4
+
+
+def beating_cine(radius: float, frames: int = 8, size: int = SIZE) -> torch.Tensor:
+    """A disc whose radius beats over one cycle, (1, T, size, size) in [0, 1]."""
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    dist = (coords[:, None] ** 2 + coords[None, :] ** 2).sqrt()
+    beat = radius * (1.0 - 0.3 * torch.sin(math.pi * torch.arange(frames) / frames) ** 2)
+    return (0.1 + 0.8 * torch.sigmoid(2.0 * (beat[:, None, None] - dist))).unsqueeze(0)
+
+
+def cine_examples(n: int = 8, frames: int = 8) -> list[dict[str, torch.Tensor]]:
+    """(below, above, target, r, frames) cine items of a disc whose size changes through the stack."""
+    examples = []
+    for i in range(n):
+        r_below, r_above = 2.0 + 0.25 * i, 6.0 - 0.1 * i
+        r = torch.tensor(0.2 + 0.6 * (i % 4) / 3)
+        examples.append(
+            {
+                "below": beating_cine(r_below, frames),
+                "above": beating_cine(r_above, frames),
+                "target": beating_cine(float((1 - r) * r_below + r * r_above), frames),
+                "r": r,
+                "frames": torch.tensor(frames),
+            }
+        )
+    return examples
+
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -191,7 +221,8 @@ def test_checkpoint_needs_no_spatial_file(spatial_checkpoint: Path, tmp_path: Pa
     trainer.save_checkpoint(path)
     copy.unlink()
     loaded = load_interpolator(path)
-    assert type(loaded) is CaLIDInflated and isinstance(loaded, CaLID2DT)
+    assert type(loaded) is CaLIDInflated
+    assert torch.load(path, weights_only=True)[MODEL_CLASS_KEY].endswith("calid_inflated.CaLIDInflated")
     assert loaded.frame_noise == 0.5 and loaded.hparams.temporal_layers == "conv+attention"
     _, below, above = latent_cines(5, batch=1)
     r = torch.tensor([0.4])
@@ -210,10 +241,18 @@ def test_bad_spatial_checkpoints(spatial_checkpoint: Path, tmp_path: Path) -> No
     vae = tiny_vae_checkpoint(tmp_path / "vae.ckpt")
     with pytest.raises(DataError, match="not a CaLID checkpoint"):
         CaLIDInflated(spatial_checkpoint=str(vae))
-    torch.manual_seed(0)
-    cine = save_checkpoint(CaLID2DT(vae_checkpoint=str(vae), **TINY_UNET), tmp_path / "2dt.ckpt")
-    with pytest.raises(DataError, match="holds a CaLID2DT; spatial_checkpoint must be a CaLIDSpatial"):
-        CaLIDInflated(spatial_checkpoint=str(cine))
+    inflated_path = save_checkpoint(inflated(spatial_checkpoint), tmp_path / "inflated.ckpt")
+    with pytest.raises(DataError, match="holds a CaLIDInflated; spatial_checkpoint must be a CaLIDSpatial"):
+        CaLIDInflated(spatial_checkpoint=str(inflated_path))
+    retired = {
+        "state_dict": {
+            "vae.x": torch.zeros(1),
+            "denoiser.unet.conv_in.conv.weight": torch.zeros(1, 1, 1, 1, 1),
+        }
+    }
+    torch.save(retired, tmp_path / "2dt.ckpt")
+    with pytest.raises(DataError, match=r"holds a CaLID2DT .* retired"):
+        load_interpolator(tmp_path / "2dt.ckpt")
     with pytest.raises(ValueError, match="frame_noise must be in"):
         CaLIDInflated(spatial_checkpoint=str(spatial_checkpoint), frame_noise=1.5)
     with pytest.raises(ValueError, match="temporal_layers must be one of"):
@@ -234,3 +273,77 @@ def test_shared_noise_makes_a_static_cine_static(spatial_checkpoint: Path) -> No
     model.frame_noise = 0.0
     independent = model.interpolate(below, above, r, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert (independent - independent[:, :, :1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("frames", [5, 7, 25])
+def test_cines_of_any_frame_count_without_padding(spatial_checkpoint: Path, frames: int) -> None:
+    model = inflated(spatial_checkpoint).eval()
+    assert model.time_multiple == 1 and model.size_multiple == 4 * 2 and model.task == "cine"
+    cines = torch.stack([ex["target"] for ex in cine_examples(2, frames)])
+    z = model.encode(cines)
+    assert z.shape == (2, LATENT, frames, 4, 4)
+    torch.testing.assert_close(z[:, :, 3], model.vae.encode(cines[:, :, 3]))  # frame t = the 2D latent of t
+    decoded = model.decode(z)
+    assert decoded.shape == cines.shape and decoded.min() >= 0 and decoded.max() <= 1
+    seen: list[int] = []
+    hook = model.ema.module.spatial.unet.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["x"].shape[0]), with_kwargs=True
+    )
+    out = model.interpolate(z, z.flip(0), torch.tensor([0.3, 0.6]), num_steps=2)
+    hook.remove()
+    assert out.shape == z.shape and set(seen) == {2 * frames}  # every frame an item, no padded frame
+
+
+def test_size_and_layout_errors(spatial_checkpoint: Path) -> None:
+    model = inflated(spatial_checkpoint)
+    with pytest.raises(ValueError, match="size_multiple=8"):
+        model.encode(torch.rand(1, 1, 4, 12, 12))
+    with pytest.raises(ValueError, match=r"\(N, C, T, H, W\)"):
+        model.encode(torch.rand(2, 1, 16, 16))
+    with pytest.raises(KeyError, match="task 'cine'"):
+        model._diffusion_loss({"below": torch.rand(1, 1, 4, 16, 16)})
+
+
+def test_loss_counts_only_real_frames(spatial_checkpoint: Path) -> None:
+    """Frames past ``frames`` (a DataModule's wrap padding) are not counted; without ``frames`` all are."""
+    model = inflated(spatial_checkpoint)
+    prediction, target = torch.randn(2, LATENT, 8, 4, 4), torch.randn(2, LATENT, 8, 4, 4)
+    batch = {"frames": torch.tensor([5, 6])}
+    expected = torch.cat(
+        [((prediction - target)[0, :, :5] ** 2).flatten(), ((prediction - target)[1, :, :6] ** 2).flatten()]
+    )
+    torch.testing.assert_close(model._regression_loss(prediction, target, batch), expected.mean())
+    changed = prediction.clone()
+    changed[0, :, 5:] += 10.0
+    changed[1, :, 6:] += 10.0
+    torch.testing.assert_close(model._regression_loss(changed, target, batch), expected.mean())
+    torch.testing.assert_close(
+        model._regression_loss(prediction, target, {}), ((prediction - target) ** 2).mean()
+    )
+
+
+def test_sampling_is_deterministic_per_generator(spatial_checkpoint: Path) -> None:
+    model = inflated(spatial_checkpoint).eval()
+    _, below, above = latent_cines(5)
+    r = torch.tensor([0.3, 0.7])
+    first = model.interpolate(below, above, r, num_steps=2, generator=torch.Generator().manual_seed(1))
+    again = model.interpolate(below, above, r, num_steps=2, generator=torch.Generator().manual_seed(1))
+    other = model.interpolate(below, above, r, num_steps=2, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(first, again) and not torch.allclose(first, other)
+
+
+def test_validation_logs_temporal_metrics(spatial_checkpoint: Path, tmp_path: Path) -> None:
+    trainer = train(inflated(spatial_checkpoint, lr=1e-2), tmp_path)
+    for key in ("val/loss", "val/psnr", "val/ssim", "val/temporal_error", "val/temporal_error_linear"):
+        assert key in trainer.callback_metrics and torch.isfinite(trainer.callback_metrics[key]), key
+
+
+def test_engine_upsamples_whole_cines(spatial_checkpoint: Path) -> None:
+    """The engine drives the inflated model with (Z, 1, 1, T, H, W) stacks; acquired cines stay exact."""
+    model = inflated(spatial_checkpoint).eval()
+    stack = torch.stack([ex["target"] for ex in cine_examples(3, frames=5)])[:, None]  # (3, 1, 1, 5, 16, 16)
+    result = upsample_stack(stack, factor_positions(3, 2), model, num_steps=2, seed=0)
+    assert result.dense.shape == (5, 1, 1, 5, 16, 16)
+    assert torch.equal(result.dense[::2], stack)
+    again = upsample_stack(stack, factor_positions(3, 2), model, num_steps=2, seed=0)
+    assert torch.equal(again.dense, result.dense)

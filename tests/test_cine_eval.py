@@ -23,7 +23,6 @@ from calid_lightning.evaluation.cine_eval import (
 from calid_lightning.evaluation.evaluate_cli import subjects_path
 from calid_lightning.inference.baselines import ImageLinear, linear_upsample
 from calid_lightning.inference.upsample import EngineUpsampler
-from calid_lightning.models.calid_2dt import CaLID2DT
 from calid_lightning.models.calid_inflated import CaLIDInflated
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from checkpoints import TINY_UNET, save_checkpoint, tiny_vae_checkpoint
@@ -115,13 +114,9 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Untrained tiny CaLID2DT and CaLIDSpatial checkpoints (size multiple 8) saved as plain dicts."""
+    """Tiny CaLIDSpatial and CaLIDInflated checkpoints (size multiple 8) saved as plain dicts."""
     folder = tmp_path_factory.mktemp("ckpt")
     vae = str(tiny_vae_checkpoint(folder / "vae.ckpt"))
-    cine = CaLID2DT(vae_checkpoint=vae, **TINY_UNET)
-    with torch.no_grad():  # a non-zero output layer: the generated cines depend on the model
-        for p in cine.ema.module.unet.out.parameters():
-            p.normal_(std=0.1)
     spatial = CaLIDSpatial(vae_checkpoint=vae, **TINY_UNET)
     with torch.no_grad():
         for p in spatial.ema.module.unet.out.parameters():
@@ -132,7 +127,6 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for mixer in inflated.ema.module.mixers:
             mixer.proj.weight.normal_(std=0.2)
     return {
-        "cine": save_checkpoint(cine, folder / "cine.ckpt"),
         "spatial": spatial_path,
         "inflated": save_checkpoint(inflated, folder / "inflated.ckpt"),
     }
@@ -157,10 +151,13 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def test_cli_end_to_end(phantom_root: Path, checkpoints: dict[str, Path], tmp_path: Path, capsys) -> None:
     out, figure = tmp_path / "eval" / "cine.csv", tmp_path / "fig" / "intensity.png"
-    ckpts = ["--cine-checkpoint", str(checkpoints["cine"]), "--checkpoint", str(checkpoints["spatial"])]
-    ckpts += ["--inflated-checkpoint", str(checkpoints["inflated"])]
+    ckpts = [
+        "--checkpoint",
+        str(checkpoints["spatial"]),
+        "--inflated-checkpoint",
+        str(checkpoints["inflated"]),
+    ]
     methods = [
-        "calid_2dt",
         "calid_inflated",
         "calid_inflated_shared",
         "calid_shared",
@@ -188,11 +185,11 @@ def test_cli_end_to_end(phantom_root: Path, checkpoints: dict[str, Path], tmp_pa
     assert [(r["subject"], r["method"]) for r in subject_rows] == [(subject, m) for m in methods]
     assert all(float(r["seconds_per_volume"]) > 0 and int(r["slices"]) == len(heldout) for r in subject_rows)
     by_method = {r["method"]: r for r in subject_rows}
-    assert by_method["calid_2dt"]["psnr"] != by_method["calid"]["psnr"], "two different models"
+    assert by_method["calid_inflated"]["psnr"] != by_method["calid"]["psnr"], "temporal layers change it"
     assert by_method["calid_inflated"]["psnr"] != by_method["calid_inflated_shared"]["psnr"], "other noise"
     assert by_method["calid_shared"]["psnr"] != by_method["calid"]["psnr"], "shared vs independent noise"
     assert float(by_method["linear"]["psnr"]) > float(by_method["nearest"]["psnr"]), "phantom sanity order"
-    assert "| calid_2dt | 1 |" in printed and "temporal_error" in printed and "s/volume" in printed
+    assert "| calid_inflated | 1 |" in printed and "temporal_error" in printed and "s/volume" in printed
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 1000
 
 
@@ -202,9 +199,9 @@ def test_frames_are_spread_over_the_cycle() -> None:
 
 def test_methods_without_a_checkpoint_are_skipped(phantom_root: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "linear.csv"
-    assert evaluate_cine(phantom_root, out, "--methods", "calid_2dt,lerp,linear", "--no-warmup") == 0
+    assert evaluate_cine(phantom_root, out, "--methods", "calid_inflated,lerp,linear", "--no-warmup") == 0
     err = capsys.readouterr().err
-    assert "skipping calid_2dt: they need --cine-checkpoint CKPT" in err
+    assert "skipping calid_inflated: they need --inflated-checkpoint CKPT" in err
     assert "skipping lerp: they need --checkpoint CKPT" in err
     assert {r["method"] for r in read_csv(out)[1]} == {"linear"}
 
@@ -212,7 +209,7 @@ def test_methods_without_a_checkpoint_are_skipped(phantom_root: Path, tmp_path: 
 @pytest.mark.parametrize(
     ("args", "option"),
     [
-        (["--cine-checkpoint", "missing/cine.ckpt"], "--cine-checkpoint"),
+        (["--inflated-checkpoint", "missing/cine.ckpt"], "--inflated-checkpoint"),
         (["--frames", "0"], "--frames"),
         (["--frames", "often"], "--frames"),
         (["--methods", "linear,bicubic"], "--methods"),
@@ -231,34 +228,25 @@ def test_a_checkpoint_of_the_wrong_model_exits_2(
 ) -> None:
     argv = ["evaluate-cine", "--data", "data_modules/phantom.yaml", "--methods", "calid"]
     with pytest.raises(SystemExit) as exc:
-        calid_main([*argv, "--checkpoint", str(checkpoints["cine"]), "--out", str(tmp_path / "x.csv")])
+        calid_main([*argv, "--checkpoint", str(checkpoints["inflated"]), "--out", str(tmp_path / "x.csv")])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "--checkpoint" in err and "CaLID2DT" in err and "CaLIDSpatial" in err
+    assert exc.value.code == 2 and "--checkpoint" in err and "CaLIDInflated" in err and "CaLIDSpatial" in err
+    argv = ["evaluate-cine", "--data", "data_modules/phantom.yaml", "--methods", "calid_inflated"]
+    with pytest.raises(SystemExit) as exc:
+        calid_main(
+            [*argv, "--inflated-checkpoint", str(checkpoints["spatial"]), "--out", str(tmp_path / "x.csv")]
+        )
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "holds a CaLIDSpatial model, expected a CaLIDInflated" in err
 
 
 def test_a_file_that_is_not_a_checkpoint_exits_2(tmp_path: Path, capsys) -> None:
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
-    argv = ["evaluate-cine", "--data", "data_modules/phantom.yaml", "--cine-checkpoint", str(junk)]
+    argv = ["evaluate-cine", "--data", "data_modules/phantom.yaml", "--inflated-checkpoint", str(junk)]
     with pytest.raises(SystemExit) as exc:
         calid_main([*argv, "--out", str(tmp_path / "x.csv")])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and f"--cine-checkpoint {junk}" in err and "not a PyTorch checkpoint" in err
-
-
-def test_an_inflated_checkpoint_is_not_a_from_scratch_2dt_one(
-    checkpoints: dict[str, Path], tmp_path: Path, capsys
-) -> None:
-    argv = ["evaluate-cine", "--data", "data_modules/phantom.yaml", "--methods", "calid_2dt"]
-    with pytest.raises(SystemExit) as exc:
-        calid_main(
-            [*argv, "--cine-checkpoint", str(checkpoints["inflated"]), "--out", str(tmp_path / "x.csv")]
-        )
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and "holds a CaLIDInflated model, expected a CaLID2DT" in err
-    argv = ["evaluate-cine", "--data", "data_modules/phantom.yaml", "--methods", "calid_inflated"]
-    with pytest.raises(SystemExit) as exc:
-        calid_main(
-            [*argv, "--inflated-checkpoint", str(checkpoints["cine"]), "--out", str(tmp_path / "x.csv")]
-        )
-    assert exc.value.code == 2 and "expected a CaLIDInflated" in capsys.readouterr().err
+    assert (
+        exc.value.code == 2 and f"--inflated-checkpoint {junk}" in err and "not a PyTorch checkpoint" in err
+    )

@@ -153,11 +153,13 @@ def test_residual_scale_is_one_over_the_residual_std(model: CaLIDSpatial) -> Non
 
 def test_cine_batches_read_the_cache_and_equal_encoding(tmp_path: Path) -> None:
     """A 2D+T model's cine items (``frame_indices`` (B, T), wrap padding included) read the same cache."""
-    from calid_lightning.models.calid_2dt import CaLID2DT
+    from calid_lightning.models.calid_inflated import CaLIDInflated
+    from checkpoints import save_checkpoint
 
     vae = tiny_vae_checkpoint(tmp_path / "vae.ckpt", torch.rand(16, 1, SIZE, SIZE))
     torch.manual_seed(0)
-    model = CaLID2DT(vae_checkpoint=str(vae), **TINY_UNET, latent_cache=True)
+    spatial = save_checkpoint(CaLIDSpatial(vae_checkpoint=str(vae), **TINY_UNET), tmp_path / "spatial.ckpt")
+    model = CaLIDInflated(spatial_checkpoint=str(spatial), latent_cache=True)
     subject = prepared("s0", 0)
     model.build_latent_cache(
         SimpleNamespace(

@@ -297,7 +297,7 @@ def test_table_means_stds_best_and_missing_columns(tmp_path: Path) -> None:
         rows.append(common | {"method": "linear", "psnr": linear, "ssim": 0.6, "seconds_per_volume": 0.01})
         rows.append(common | {"method": "truth", "psnr": "nan", "ssim": "", "seconds_per_volume": 0})
     write_subjects(tmp_path / "eval" / "spatial_x4_subjects.csv", rows)
-    cine = [{"subject": "p0", "method": "calid_2dt", "factor": 4, "psnr": 19.0, "temporal_error": 0.05}]
+    cine = [{"subject": "p0", "method": "calid_inflated", "factor": 4, "psnr": 19.0, "temporal_error": 0.05}]
     write_subjects(tmp_path / "eval" / "cine_x4_subjects.csv", cine)
     write_subjects(tmp_path / "eval" / "unrelated_subjects.csv", [{"subject": "x", "method": "y"}])
 
@@ -307,7 +307,7 @@ def test_table_means_stds_best_and_missing_columns(tmp_path: Path) -> None:
     assert calid["psnr"] == pytest.approx(22.0) and calid["psnr_std"] == pytest.approx(2.0)
     assert calid["seconds_per_volume"] == 2  # median
     assert math.isnan(by_method[("slices", "truth")]["psnr"])
-    assert by_method[("cine", "calid_2dt")]["temporal_error"] == pytest.approx(0.05)
+    assert by_method[("cine", "calid_inflated")]["temporal_error"] == pytest.approx(0.05)
     lines = text.splitlines()
     calid_line = next(line for line in lines if line.startswith("| CaLID, one sample"))
     linear_line = next(line for line in lines if line.startswith("| linear in z"))

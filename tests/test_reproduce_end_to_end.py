@@ -89,11 +89,6 @@ def tiny_profile(tmp_path: Path) -> Path:
                     "--data.init_args.num_frames=4",
                 ],
             },
-            "calid_2dt": {
-                "config": "experiments/calid_2dt.yaml",
-                "needs": ["vae"],
-                "args": [*TINY_TRAIN, *DIFFUSION, "--data.init_args.num_frames=4"],
-            },
             "pixel_spatial": {"config": "experiments/pixel_spatial.yaml", "args": TINY_TRAIN + DIFFUSION},
         },
         "evaluate": {
@@ -107,7 +102,7 @@ def tiny_profile(tmp_path: Path) -> Path:
                 "factor": 4,
                 "frames": 4,
                 "steps": 1,
-                "methods": ["calid_inflated", "calid_shared", "calid_2dt", "calid", "linear"],
+                "methods": ["calid_inflated", "calid_shared", "calid", "linear"],
             },
         },
         "figures": {"factor": 4, "samples": 2, "methods": ["calid", "pixel", "linear"]},
@@ -130,7 +125,7 @@ def test_reproduce_runs_every_stage_and_writes_the_table(
     out = capsys.readouterr().out
     assert code == 0, out + "".join(p.read_text()[-3000:] for p in (runs / "tiny").rglob("*.log"))
 
-    for name in ("vae", "segmenter", "calid_spatial", "calid_inflated", "calid_2dt", "pixel_spatial"):
+    for name in ("vae", "segmenter", "calid_spatial", "calid_inflated", "pixel_spatial"):
         assert (runs / "tiny" / "tiny_data" / name / "checkpoints" / "last.ckpt").is_file(), name
     table = (results / "table.md").read_text()
     for heading in ("## Gap factor x2", "## Gap factor x4", "## 2D+T cines, gap factor x4"):
@@ -152,8 +147,8 @@ def test_reproduce_runs_every_stage_and_writes_the_table(
 
     stamps = sorted(p.name for p in (runs / "tiny" / "tiny_data" / "stamps").glob("*.json"))
     cine = {r["method"] for r in rows if r["section"] == "cine"}
-    assert cine == {"calid_inflated", "calid_shared", "calid_2dt", "calid", "linear"}
-    assert len(stamps) == 12  # data, 6 trainings, 2 spatial + 1 pixel + 1 cine evaluation, figures
+    assert cine == {"calid_inflated", "calid_shared", "calid", "linear"}
+    assert len(stamps) == 11  # data, 5 trainings, 2 spatial + 1 pixel + 1 cine evaluation, figures
     assert main([*argv, "--heartbeat", "1000"]) == 0  # everything cached: nothing runs again
     again = capsys.readouterr().out
     assert again.count("skip ") == len(stamps) and "start " not in again

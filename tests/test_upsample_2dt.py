@@ -1,5 +1,5 @@
-"""`calid upsample` with a 2D+T checkpoint (3D U-Net or inflated spatial model): a 4D cine in, the dense
-4D cine out, whole cines per slice."""
+"""`calid upsample` with an inflated 2D+T checkpoint: a 4D cine in, the dense 4D cine out, whole cines per
+slice."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from scipy.spatial.transform import Rotation
 
 from calid_lightning.cli import main as calid
 from calid_lightning.inference.nifti_io import frames_from_cine, read_sparse_stack, std_path
-from calid_lightning.models.calid_2dt import CaLID2DT
 from calid_lightning.models.calid_inflated import CaLIDInflated
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from checkpoints import save_checkpoint, tiny_vae_checkpoint
@@ -39,26 +38,8 @@ def write_cine(path: Path, shape: tuple[int, int, int, int] = (12, 10, 3, 5)) ->
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny 2D+T checkpoint as a plain dict (its kind must be detected from the weights)."""
-    folder = tmp_path_factory.mktemp("ckpt")
-
-    model = CaLID2DT(
-        vae_checkpoint=str(tiny_vae_checkpoint(folder / "vae.ckpt")),
-        channels=(16, 32),
-        attention_levels=(False, True),
-        num_res_blocks=1,
-        norm_num_groups=8,
-        num_head_channels=8,
-    )
-    with torch.no_grad():  # a non-zero output layer: generated slices depend on the model
-        for p in model.ema.module.unet.out.parameters():
-            p.normal_(std=0.1)
-    return save_checkpoint(model, folder / "cine.ckpt")
-
-
-@pytest.fixture(scope="module")
-def inflated_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An inflated 2D+T checkpoint (a tiny spatial model plus temporal layers) as a plain dict."""
+    """An inflated 2D+T checkpoint (a tiny spatial model plus temporal layers) as a plain dict (its kind must
+    be detected from the weights)."""
     folder = tmp_path_factory.mktemp("inflated")
     spatial = CaLIDSpatial(
         vae_checkpoint=str(tiny_vae_checkpoint(folder / "vae.ckpt")),
@@ -85,25 +66,19 @@ def test_cine_stack_layout_round_trip(tmp_path: Path) -> None:
         frames_from_cine(sparse.stack)
 
 
-@pytest.mark.parametrize("kind", ["checkpoint", "inflated_checkpoint"])
 def test_calid_upsample_4d_with_a_2dt_checkpoint(
-    kind: str,
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    checkpoint = request.getfixturevalue(kind)
     src = write_cine(tmp_path / "sparse.nii.gz")
     out = tmp_path / "dense.nii.gz"
     calls: list[tuple[int, ...]] = []
-    original = CaLID2DT.interpolate
+    original = CaLIDInflated.interpolate
 
     def spy(self, below, above, r, num_steps=None, generator=None):
         calls.append(tuple(below.shape))
         return original(self, below, above, r, num_steps=num_steps, generator=generator)
 
-    monkeypatch.setattr(CaLID2DT, "interpolate", spy)
+    monkeypatch.setattr(CaLIDInflated, "interpolate", spy)
     args = ["--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out), "--factor", "2"]
     assert calid(["upsample", *args, "--steps", "2", "--samples", "2", "--quiet", "--device", "cpu"]) == 0
     assert "2D+T" in capsys.readouterr().out
@@ -131,13 +106,13 @@ def test_max_batch_counts_frames_for_a_2dt_checkpoint(
     """--max-batch 5 with 5-frame cines: one whole cine per call (memory of 5 slices), not 5 cines."""
     src = write_cine(tmp_path / "sparse.nii.gz")
     calls: list[int] = []
-    original = CaLID2DT.interpolate
+    original = CaLIDInflated.interpolate
 
     def spy(self, below, above, r, num_steps=None, generator=None):
         calls.append(below.shape[0])
         return original(self, below, above, r, num_steps=num_steps, generator=generator)
 
-    monkeypatch.setattr(CaLID2DT, "interpolate", spy)
+    monkeypatch.setattr(CaLIDInflated, "interpolate", spy)
     args = ["--checkpoint", str(checkpoint), "--input", str(src), "--output", str(tmp_path / "d.nii.gz")]
     assert calid(["upsample", *args, "--factor", "2", "--steps", "2", "--max-batch", "5", "--quiet"]) == 0
     assert calls == [1, 1]  # 2 missing slices, one cine each call

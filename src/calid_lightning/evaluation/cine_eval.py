@@ -1,20 +1,21 @@
 """``calid evaluate-cine``: 2D+T vs frame-by-frame methods on the same held-out slice cines; CSVs, summary.
 
-    calid evaluate-cine --data data_modules/phantom.yaml --cine-checkpoint 2DT.ckpt \\
-        --checkpoint SPATIAL.ckpt --methods calid_2dt,calid,linear,nearest --factor 4 --frames 8 \\
-        --steps 20 --out results/eval/cine_x4.csv --figure results/eval/cine_intensity.png
+    calid evaluate-cine --data data_modules/phantom.yaml --inflated-checkpoint INFLATED.ckpt \\
+        --checkpoint SPATIAL.ckpt --methods calid_inflated,calid,calid_shared,linear --factor 4 --frames 8 \\
+        --steps 10 --out results/eval/cine_x4.csv --figure results/eval/cine_intensity.png
 
 Every method gets the same sparse input: the kept slices (``heldout_plan``) of each subject over the same
-frames (the cycle subsampled to ``--frames`` frames with ``cine_frame_indices``, or ``all``). ``calid_2dt``
-generates each held-out slice's whole cine at once (``--cine-checkpoint``); the spatial methods (``calid``,
-``calid_sequential``, ``lerp``, ``slerp`` from ``--checkpoint``) and the image baselines (``linear``,
-``cubic``, ``nearest``) work frame by frame. Only the held-out slices are scored: PSNR / SSIM (whole slice
-and heart box) averaged over the slice's frames, and the temporal-coherence error of its cine (cyclic: the
-frames cover the whole cycle).
+frames (the cycle subsampled to ``--frames`` frames with ``cine_frame_indices``, or ``all``). The inflated
+2D+T model (``calid_inflated*``, ``--inflated-checkpoint``) generates each held-out slice's whole cine at
+once, as does ``calid_shared`` (the spatial model frame by frame with one noise for all frames); the other
+spatial methods (``calid``, ``calid_mean``, ``calid_sequential``, ``lerp``, ``slerp`` from ``--checkpoint``)
+and the image baselines (``linear``, ``cubic``, ``nearest``) work frame by frame. Only the held-out slices
+are scored: PSNR / SSIM (whole slice and heart box) averaged over the slice's frames, and the
+temporal-coherence error of its cine (cyclic: the frames cover the whole cycle).
 
 Writes the per-slice CSV (``--out``), the per-subject means (``<out stem>_subjects.csv``) with
 ``seconds_per_volume`` = seconds to generate the subject's whole 3D+t stack (held-out slices x frames), and
-prints a Markdown table: mean +- std over subjects, median seconds per volume. Each method first runs once,
+prints a Markdown table: mean ± std over subjects, median seconds per volume. Each method first runs once,
 untimed, on the first gap of the first subject (warm-up). Methods whose checkpoint is not given are skipped
 with a message.
 """
@@ -62,7 +63,7 @@ from calid_lightning.inference.upsample import EngineUpsampler
 INFLATED_METHODS = ("calid_inflated", "calid_inflated_shared", "calid_inflated_mean")
 """The inflated 2D+T model (``--inflated-checkpoint``): one sample with independent / shared noise over the
 frames, and its conditional-mean estimate (as ``calid_mean`` for the spatial model)."""
-CINE_METHODS = ("calid_2dt", *INFLATED_METHODS, "calid_shared")
+CINE_METHODS = (*INFLATED_METHODS, "calid_shared")
 """Whole-cine methods; ``calid_shared`` is the spatial model (``--checkpoint``) frame by frame with one noise
 for every frame of a cine (the inflation with no temporal layers)."""
 FRAME_METHODS = CHECKPOINT_METHODS + IMAGE_METHODS
@@ -110,7 +111,6 @@ def parse_frames(value: str) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calid evaluate-cine", description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
-    parser.add_argument("--cine-checkpoint", help="CaLID2DT (3D U-Net) checkpoint for calid_2dt")
     parser.add_argument(
         "--inflated-checkpoint",
         help="CaLIDInflated checkpoint for calid_inflated and calid_inflated_shared",
@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="CaLIDSpatial checkpoint for calid, calid_shared, calid_mean, calid_sequential, lerp, slerp "
         "(frame by frame)",
     )
-    parser.add_argument("--methods", default="calid_2dt,calid,linear,nearest", help="comma-separated")
+    parser.add_argument(
+        "--methods", default="calid_inflated,calid,calid_shared,linear", help="comma-separated"
+    )
     parser.add_argument("--factor", type=int, default=4, help="gap factor: keep every k-th slice")
     parser.add_argument(
         "--frames", type=parse_frames, default=8, help="frames subsampled over the cycle (>= 2), or all"
@@ -161,7 +163,6 @@ def checkpoint_class(path: str) -> type:
 
 def build_cine_methods(
     methods: Sequence[str],
-    cine_checkpoint: str | None,
     checkpoint: str | None,
     device: str,
     max_batch: int,
@@ -169,13 +170,11 @@ def build_cine_methods(
 ) -> dict[str, CineMethod]:
     """The methods by name; raises ``ValueError`` naming the option whose checkpoint is unreadable or holds
     the wrong model."""
-    from calid_lightning.models.calid_2dt import CaLID2DT
     from calid_lightning.models.calid_inflated import CaLIDInflated
     from calid_lightning.models.calid_spatial import CaLIDSpatial
     from calid_lightning.models.latent_interpolator import load_interpolator
 
     expected = (
-        ("--cine-checkpoint", cine_checkpoint, CaLID2DT),
         ("--inflated-checkpoint", inflated_checkpoint, CaLIDInflated),
         ("--checkpoint", checkpoint, CaLIDSpatial),
     )
@@ -185,10 +184,7 @@ def build_cine_methods(
                 found = checkpoint_class(path)
             except DataError as exc:
                 raise ValueError(f"{option} {exc}") from exc
-            exact = (
-                cls is CaLID2DT and found is not CaLID2DT
-            )  # the from-scratch 3D model, not an inflated one
-            if not issubclass(found, cls) or exact:
+            if not issubclass(found, cls):
                 raise ValueError(
                     f"{option} {path}: holds a {found.__name__} model, expected a {cls.__name__}"
                 )
@@ -198,8 +194,7 @@ def build_cine_methods(
             if name == "calid_shared":
                 model = CaLIDInflated(spatial_checkpoint=checkpoint, temporal_layers="none").to(device).eval()
             else:
-                path = cine_checkpoint if name == "calid_2dt" else inflated_checkpoint
-                model = load_interpolator(str(path), map_location=device)
+                model = load_interpolator(str(inflated_checkpoint), map_location=device)
             model.frame_noise = 1.0 if name.endswith("_shared") else 0.0
             interpolator = ConditionalMean(model, draws=MEAN_DRAWS) if name.endswith("_mean") else model
             built[name] = CineMethod(EngineUpsampler(interpolator, max_batch=max_batch, device=device), True)
@@ -349,7 +344,6 @@ def _checked_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if args.factor < 2:
         parser.error(f"--factor must be >= 2 (one held-out slice per gap), got {args.factor}")
     options = (
-        ("--cine-checkpoint", args.cine_checkpoint),
         ("--inflated-checkpoint", args.inflated_checkpoint),
         ("--checkpoint", args.checkpoint),
     )
@@ -357,7 +351,6 @@ def _checked_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         if path and not Path(path).is_file():
             parser.error(f"{option} {path}: file not found")
     needs = (
-        (("calid_2dt",), "--cine-checkpoint", args.cine_checkpoint),
         (INFLATED_METHODS, "--inflated-checkpoint", args.inflated_checkpoint),
         ((*CHECKPOINT_METHODS, "calid_shared"), "--checkpoint", args.checkpoint),
     )
@@ -371,8 +364,7 @@ def _checked_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             methods = [m for m in methods if m not in needed]
     if not methods:
         parser.error(
-            "no method left to evaluate: pass --cine-checkpoint / --inflated-checkpoint / --checkpoint "
-            "or an image method"
+            "no method left to evaluate: pass --inflated-checkpoint / --checkpoint or an image method"
         )
     return methods
 
@@ -384,12 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     names = _checked_methods(parser, args)
     try:
         methods = build_cine_methods(
-            names,
-            args.cine_checkpoint,
-            args.checkpoint,
-            args.device,
-            args.max_batch,
-            args.inflated_checkpoint,
+            names, args.checkpoint, args.device, args.max_batch, args.inflated_checkpoint
         )
     except (DataError, ValueError) as exc:
         parser.error(str(exc))

@@ -1,11 +1,11 @@
 """CaLID 2D+T by inflation: the trained spatial model plus zero-initialised temporal layers, tuned on cines.
 
-Instead of a 3D (T, h, w) U-Net trained from scratch (:class:`~calid_lightning.models.calid_2dt.CaLID2DT`),
-this model starts from a trained ``CaLIDSpatial`` checkpoint - its VAE, U-Net and ControlNet (the EMA
-weights), its diffusion schedule and residual parameterisation - folds the frames of each cine into the batch
-for the spatial layers, and inserts a :class:`~calid_lightning.models.temporal_layers.TemporalMixer` after
-every resolution block (encoder, middle, decoder; the ControlNet's too with ``temporal_controlnet``). The
-mixers' output projections start at zero, so the untrained inflated model *is* the spatial model applied
+Instead of a 3D (T, h, w) U-Net trained from scratch (the retired ``CaLID2DT``, which lost every comparison:
+README claim 4), this model starts from a trained ``CaLIDSpatial`` checkpoint - its VAE, U-Net and ControlNet
+(the EMA weights), its diffusion schedule and residual parameterisation - folds the frames of each cine into
+the batch for the spatial layers, and inserts a :class:`~calid_lightning.models.temporal_layers.TemporalMixer`
+after every resolution block (encoder, middle, decoder; the ControlNet's too with ``temporal_controlnet``).
+The mixers' output projections start at zero, so the untrained inflated model *is* the spatial model applied
 frame by frame (tests/test_calid_inflated.py checks it for odd and even frame counts); fine-tuning on cines
 then learns only what couples the frames. ``spatial_lr = 0`` trains the temporal layers alone (the spatial
 weights frozen); ``spatial_lr > 0`` fine-tunes everything, the spatial weights at that lower rate.
@@ -27,10 +27,11 @@ from torch import Tensor, nn
 
 from calid_lightning.checkpoint_file import read_checkpoint
 from calid_lightning.data.subject import DataError
-from calid_lightning.models.calid_2dt import CaLID2DT
+from calid_lightning.metrics.temporal import temporal_coherence_error
 from calid_lightning.models.conditioning import ConditionalDenoiser
+from calid_lightning.models.diffusion import randn_like_from
 from calid_lightning.models.ema import EMA
-from calid_lightning.models.latent_interpolator import checkpoint_model_class
+from calid_lightning.models.latent_interpolator import LatentInterpolatorBase, checkpoint_model_class
 from calid_lightning.models.temporal_layers import TEMPORAL_LAYERS, TemporalMixer, inflate_blocks
 
 ARCHITECTURE_KEYS = (
@@ -117,15 +118,31 @@ def read_spatial_checkpoint(path: str | None) -> tuple[dict[str, Any], dict[str,
         )
     checkpoint = read_checkpoint(path)
     cls = checkpoint_model_class(checkpoint, path)
-    if not issubclass(cls, CaLIDSpatial) or issubclass(cls, CaLID2DT):
+    if not issubclass(cls, CaLIDSpatial):
         raise DataError(path, f"holds a {cls.__name__}; spatial_checkpoint must be a CaLIDSpatial checkpoint")
     return dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]
 
 
-class CaLIDInflated(CaLID2DT):
+BATCH_KEYS = ("below", "above", "target", "r")
+
+
+def real_frames(batch: dict[str, Tensor], count: int, length: int) -> list[int]:
+    """Real frame counts of the first ``count`` items (``batch["frames"]``, else all ``length`` frames)."""
+    frames = batch.get("frames")
+    if frames is None:
+        return [length] * count
+    return [min(int(f), length) for f in torch.as_tensor(frames).reshape(-1)[:count]]
+
+
+class CaLIDInflated(LatentInterpolatorBase):
     """The 2D+T interpolator inflated from a trained spatial model (see the module docstring).
 
-    Inference API: as :class:`CaLID2DT` (latent cines in and out; any frame count, no padding).
+    Inference API (the engine drives it like the spatial model, with cines as items): ``encode``
+    ((N, 1, T, H, W) -> (N, C, T, h, w), frame by frame through the VAE), ``decode``, ``interpolate`` (latent
+    cines in, latent cine out, EMA weights, DDIM) and ``size_multiple``; any frame count, no padding.
+    Trains on the DataModule task ``"cine"``: ``below``, ``above``, ``target`` ``(B, 1, T, H, W)``, ``r`` and
+    ``frames`` (real frames; a DataModule with ``time_multiple > 1`` wrap-pads T): the loss counts only real
+    frames.
 
     Args:
         spatial_checkpoint: the trained ``CaLIDSpatial`` checkpoint to inflate (read once, at the first
@@ -145,6 +162,8 @@ class CaLIDInflated(CaLID2DT):
     """
 
     spatial_dims = 2
+    task = "cine"
+    batch_keys = BATCH_KEYS
     hparams_ignore: ClassVar[tuple[str, ...]] = ("vae_hparams", "spatial_hparams")
 
     def __init__(
@@ -224,15 +243,45 @@ class CaLIDInflated(CaLID2DT):
         if "residual_scale" in state:
             self.residual_scale.copy_(state["residual_scale"])
 
+    def _check_cine(self, x: Tensor, what: str) -> None:
+        if x.ndim != 5:
+            raise ValueError(
+                f"CaLIDInflated.{what} expects cines of shape (N, C, T, H, W), got {tuple(x.shape)}"
+            )
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Cines (N, 1, T, H, W) in [0, 1] -> scaled latent cines (N, C, T, H/f, W/f), frame by frame."""
+        self._check_cine(x, "encode")
+        self._check_size(x)
+        n, _, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(n * t, 1, h, w)
+        z = self.vae.encode(frames).float()
+        return z.reshape(n, t, *z.shape[1:]).transpose(1, 2).contiguous()
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Scaled latent cines (N, C, T, h, w) -> image cines (N, 1, T, H, W) clamped to [0, 1]."""
+        self._check_cine(z, "decode")
+        n, c, t = z.shape[:3]
+        frames = self.vae.decode(z.transpose(1, 2).reshape(n * t, c, *z.shape[-2:])).float()
+        return frames.reshape(n, t, *frames.shape[1:]).transpose(1, 2).clamp(0.0, 1.0).contiguous()
+
+    def _initial_noise(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Noise for latent cines ``(N, C, T, h, w)``, correlated over T by :attr:`frame_noise`:
+        ``sqrt(rho) * shared + sqrt(1 - rho) * independent`` (each still standard normal per element)."""
+        rho = float(self.frame_noise)
+        if rho == 0.0:
+            return randn_like_from(like, generator)
+        shared = randn_like_from(like[:, :, :1], generator).expand_as(like)
+        if rho == 1.0:
+            return shared.contiguous()
+        return rho**0.5 * shared + (1.0 - rho) ** 0.5 * randn_like_from(like, generator)
+
     @property
     def time_multiple(self) -> int:
         """No padding: the spatial layers see frames one by one and the temporal layers are cyclic."""
         return 1
-
-    def _predict(
-        self, denoiser: nn.Module, noisy: Tensor, t: Tensor, below: Tensor, above: Tensor, r: Tensor
-    ) -> Tensor:
-        return denoiser(noisy, t, below, above, r)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW: the temporal layers at ``lr``; the spatial weights at ``spatial_lr`` when it is > 0."""
@@ -250,3 +299,33 @@ class CaLIDInflated(CaLID2DT):
         warmup = max(1, self.hparams.lr_warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _regression_loss(self, prediction: Tensor, target: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """MSE over the real frames of each item (frames the DataModule wrap-padded are not counted twice)."""
+        length = target.shape[2]
+        frames = torch.tensor(real_frames(batch, target.shape[0], length), device=target.device)
+        mask = (torch.arange(length, device=target.device) < frames[:, None]).to(target.dtype)
+        mask = mask[:, None, :, None, None].expand_as(target)
+        return ((prediction.float() - target) ** 2 * mask).sum() / mask.sum()
+
+    def _sample_metrics(
+        self, generated: Tensor, target: Tensor, linear: Tensor, batch: dict[str, Tensor]
+    ) -> dict[str, Any]:
+        """PSNR / SSIM over the real frames as 2D slices, plus the temporal-coherence error (lower = better).
+
+        ``temporal_error`` is the mean absolute error of frame-to-frame differences against the truth;
+        ``temporal_error_linear`` is the same for the linear blend of the neighbour cines.
+        """
+        frames = real_frames(batch, generated.shape[0], generated.shape[2])
+
+        def as_slices(cine: Tensor) -> Tensor:
+            return torch.cat([cine[i, :, :f].transpose(0, 1) for i, f in enumerate(frames)])
+
+        def temporal(cine: Tensor) -> Tensor:
+            pairs = [(cine[i, 0, :f], target[i, 0, :f]) for i, f in enumerate(frames)]
+            return torch.tensor([temporal_coherence_error(p, t) for p, t in pairs]).mean()
+
+        metrics = super()._sample_metrics(as_slices(generated), as_slices(target), as_slices(linear), batch)
+        if min(frames) < 2:  # a single frame has no frame-to-frame differences
+            return metrics
+        return {**metrics, "temporal_error": temporal(generated), "temporal_error_linear": temporal(linear)}

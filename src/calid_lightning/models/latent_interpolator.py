@@ -9,7 +9,8 @@ The VAE is a frozen sub-module: its weights and latent scale factor travel in th
 architecture is rebuilt from hyperparameters saved with it, so ``load_from_checkpoint`` needs no VAE file.
 
 :class:`LatentInterpolatorBase` does all of this for 2D latents; the subclasses choose the representation:
-``CaLIDSpatial`` (one slice, 2D U-Net) and ``CaLID2DT`` (a slice's whole cine, 3D (T, h, w) U-Net), which
+``CaLIDSpatial`` (one slice, 2D U-Net) and ``CaLIDInflated`` (a slice's whole cine, the spatial U-Net inflated
+with temporal layers), which
 overrides the few hooks that depend on the shape of an item (``encode``, ``decode``, ``_predict``,
 ``_regression_loss``, ``_sample_metrics``). The image <-> representation step is a hook too
 (``_build_codec`` with ``encode`` / ``decode``): ``PixelSpatial`` replaces the VAE by the identity, so the
@@ -47,6 +48,8 @@ from calid_lightning.models.ema import EMA
 from calid_lightning.models.latent_cache import LatentCache, module_digest
 from calid_lightning.models.vae import VAEModule
 
+RETIRED_2DT = "calid_lightning.models.calid_2dt.CaLID2DT"
+"""The class name in checkpoints of the retired from-scratch 2D+T model (refused with a message)."""
 MODEL_CLASS_KEY = "calid_model_class"
 """Checkpoint entry naming the interpolator class (``module.Class``), written by ``on_save_checkpoint``."""
 
@@ -499,15 +502,21 @@ def checkpoint_model_class(checkpoint: dict[str, Any], path: str | Path = "check
             raise DataError(
                 path,
                 f"not a CaLID checkpoint (no '{MODEL_CLASS_KEY}' entry and no "
-                "state_dict['denoiser.unet.conv_in.conv.weight']); expected a CaLIDSpatial, CaLID2DT or "
+                "state_dict['denoiser.unet.conv_in.conv.weight']); expected a CaLIDSpatial, CaLIDInflated or "
                 "PixelSpatial checkpoint",
             )
         if not any(key.startswith("vae.") for key in checkpoint["state_dict"]):
             name = "calid_lightning.models.pixel_diffusion.PixelSpatial"
         elif weight.ndim == 5:
-            name = "calid_lightning.models.calid_2dt.CaLID2DT"
+            name = RETIRED_2DT
         else:
             name = "calid_lightning.models.calid_spatial.CaLIDSpatial"
+    if name == RETIRED_2DT:
+        raise DataError(
+            path,
+            "holds a CaLID2DT (the from-scratch 3D U-Net 2D+T model), which was retired after losing every "
+            "comparison; train the inflated 2D+T model instead (`make train-inflated`)",
+        )
     module_name, _, class_name = name.rpartition(".")
     if not module_name.startswith("calid_lightning."):
         raise DataError(path, f"'{MODEL_CLASS_KEY}' names {name!r}, which is not a calid_lightning model")

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-TRAIN_STAGES = ("vae", "segmenter", "calid_spatial", "calid_inflated", "calid_2dt", "pixel_spatial")
+TRAIN_STAGES = ("vae", "segmenter", "calid_spatial", "calid_inflated", "pixel_spatial")
 """The models the table needs, in the order they are listed; ``needs`` orders them for running."""
 
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from calid_lightning.reproduce.profile import Profile
 
-STAGE_NEEDING_VAE = ("calid_spatial", "calid_2dt")
+STAGE_NEEDING_VAE = ("calid_spatial",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,11 +237,10 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
             stages.append(evaluate(f"eval_pixel_x{factor}", models, factor, "pixel", pixel_frames, needs))
     cine = ev.get("cine") or {}
     cine_models = {
-        "calid_2dt": "--cine-checkpoint",
         "calid_inflated": "--inflated-checkpoint",
         "calid_spatial": "--checkpoint",
     }
-    if cine and trained & {"calid_2dt", "calid_inflated"}:
+    if cine and "calid_inflated" in trained:
         factor = int(cine.get("factor", 4))
         out, figure = eval_dir / f"cine_x{factor}.csv", figure_dir / f"intensity_over_time_x{factor}.png"
         needs = tuple(name for name in cine_models if name in trained)
