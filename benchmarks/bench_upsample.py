@@ -30,7 +30,11 @@ from calid_lightning.inference.baselines import IMAGE_BASELINES, ImageLinear
 from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
 from calid_lightning.inference.upsample import EngineUpsampler, factor_positions
 from calid_lightning.models.calid_spatial import CaLIDSpatial
-from calid_lightning.models.latent_interpolator import LatentInterpolatorBase, load_interpolator
+from calid_lightning.models.latent_interpolator import (
+    DENOISER_HPARAMS,
+    LatentInterpolatorBase,
+    load_interpolator,
+)
 from calid_lightning.models.pixel_diffusion import PixelSpatial
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -184,17 +188,6 @@ def time_methods(
 def speed_ratio(times: dict[str, list[float]]) -> float:
     """Median pixel-space time over median CaLID time (how many times faster the latent model is)."""
     return statistics.median(times["pixel diffusion"]) / statistics.median(times["calid"])
-
-
-DENOISER_HPARAMS = (
-    "channels",
-    "attention_levels",
-    "num_res_blocks",
-    "num_head_channels",
-    "norm_num_groups",
-    "injection",
-    "conditioning_channels",
-)
 
 
 def architecture_differences(calid: LatentInterpolatorBase, pixel: LatentInterpolatorBase) -> list[str]:

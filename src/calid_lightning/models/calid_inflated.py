@@ -31,17 +31,15 @@ from calid_lightning.metrics.temporal import temporal_coherence_error
 from calid_lightning.models.conditioning import ConditionalDenoiser
 from calid_lightning.models.diffusion import randn_like_from
 from calid_lightning.models.ema import EMA
-from calid_lightning.models.latent_interpolator import LatentInterpolatorBase, checkpoint_model_class
+from calid_lightning.models.latent_interpolator import (
+    DENOISER_HPARAMS,
+    LatentInterpolatorBase,
+    checkpoint_model_class,
+)
 from calid_lightning.models.temporal_layers import TEMPORAL_LAYERS, TemporalMixer, inflate_blocks
 
 ARCHITECTURE_KEYS = (
-    "channels",
-    "attention_levels",
-    "num_res_blocks",
-    "num_head_channels",
-    "norm_num_groups",
-    "injection",
-    "conditioning_channels",
+    *DENOISER_HPARAMS,
     "num_train_timesteps",
     "schedule",
     "beta_start",
@@ -195,13 +193,12 @@ class CaLIDInflated(LatentInterpolatorBase):
         spatial_state = None
         if spatial_hparams is None:
             spatial_hparams, spatial_state = read_spatial_checkpoint(spatial_checkpoint)
-        spatial_hparams = {
-            k: spatial_hparams[k] for k in (*ARCHITECTURE_KEYS, "residual") if k in spatial_hparams
-        }
+        architecture = {k: spatial_hparams[k] for k in ARCHITECTURE_KEYS if k in spatial_hparams}
+        spatial_hparams = {**architecture, "residual": bool(spatial_hparams.get("residual", False))}
         super().__init__(
             vae_checkpoint=None,
-            **{k: spatial_hparams[k] for k in ARCHITECTURE_KEYS if k in spatial_hparams},
-            residual=bool(spatial_hparams.get("residual", False)),
+            **architecture,
+            residual=spatial_hparams["residual"],
             lr=lr,
             weight_decay=weight_decay,
             lr_warmup_steps=lr_warmup_steps,

@@ -50,6 +50,16 @@ from calid_lightning.models.vae import VAEModule
 
 RETIRED_2DT = "calid_lightning.models.calid_2dt.CaLID2DT"
 """The class name in checkpoints of the retired from-scratch 2D+T model (refused with a message)."""
+DENOISER_HPARAMS = (
+    "channels",
+    "attention_levels",
+    "num_res_blocks",
+    "num_head_channels",
+    "norm_num_groups",
+    "injection",
+    "conditioning_channels",
+)
+"""The constructor arguments that shape the conditional denoiser (U-Net + ControlNet)."""
 MODEL_CLASS_KEY = "calid_model_class"
 """Checkpoint entry naming the interpolator class (``module.Class``), written by ``on_save_checkpoint``."""
 
