@@ -153,7 +153,7 @@ def untrained_vae_checkpoint(
     """Save a freshly initialised VAE of ``experiments/vae.yaml``'s shape with a computed scale factor.
 
     The factor comes from random images of the config's crop size: it only has to exist
-    (``VAEModule.load_frozen`` refuses checkpoints without one), a step costs the same whatever its value.
+    (``load_model`` refuses VAE checkpoints without one), a step costs the same whatever its value.
     """
     experiment = build_experiment("vae", data_config, profile, overrides)
     vae = experiment.model

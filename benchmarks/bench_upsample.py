@@ -30,11 +30,8 @@ from calid_lightning.inference.baselines import IMAGE_BASELINES, ImageLinear
 from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
 from calid_lightning.inference.upsample import EngineUpsampler, factor_positions
 from calid_lightning.models.calid_spatial import CaLIDSpatial
-from calid_lightning.models.latent_interpolator import (
-    DENOISER_HPARAMS,
-    LatentInterpolatorBase,
-    load_interpolator,
-)
+from calid_lightning.models.checkpoints import load_model
+from calid_lightning.models.latent_interpolator import DENOISER_HPARAMS, LatentInterpolatorBase
 from calid_lightning.models.pixel_diffusion import PixelSpatial
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -100,20 +97,12 @@ def untrained_models(
     return calid.eval(), PixelSpatial(**pixel_args).eval()
 
 
-def loaded_model(path: str, kind: type[LatentInterpolatorBase], device: str) -> LatentInterpolatorBase:
-    """A checkpoint of class ``kind`` (read from the file) in eval mode on ``device``."""
-    model = load_interpolator(path, map_location=device)
-    if not isinstance(model, kind):
-        raise SystemExit(f"{path}: holds a {type(model).__name__}, expected a {kind.__name__} checkpoint")
-    return model
-
-
 def bench_models(
     checkpoint: str | None, pixel_checkpoint: str | None, device: str
 ) -> tuple[CaLIDSpatial, PixelSpatial, bool]:
     """``(calid, pixel, both_trained)``: the given checkpoints, untrained quick-config models otherwise."""
-    calid = loaded_model(checkpoint, CaLIDSpatial, device) if checkpoint else None
-    pixel = loaded_model(pixel_checkpoint, PixelSpatial, device) if pixel_checkpoint else None
+    calid = load_model(checkpoint, CaLIDSpatial, map_location=device) if checkpoint else None
+    pixel = load_model(pixel_checkpoint, PixelSpatial, map_location=device) if pixel_checkpoint else None
     if calid is None or pixel is None:
         fresh_calid, fresh_pixel = untrained_models()
         calid = fresh_calid if calid is None else calid

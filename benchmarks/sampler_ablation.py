@@ -22,7 +22,8 @@ from torch import Tensor
 import calid_lightning.models.latent_interpolator as latent_interpolator
 from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.evaluation.evaluate_cli import select_frames
-from calid_lightning.evaluation.heldout import build_method, evaluate_run
+from calid_lightning.evaluation.heldout import evaluate_run
+from calid_lightning.inference.methods import MethodModels, build_method
 
 
 @torch.no_grad()
@@ -41,7 +42,7 @@ def monai_ddim_sample(
 def score(args: argparse.Namespace, steps: int) -> dict[str, float]:
     """Mean over test subjects of CaLID's held-out PSNR and SSIM with ``steps`` DDIM steps."""
     datamodule = build_datamodule(*data_init_args(args.data, [], args.factor))
-    calid = build_method("calid", args.checkpoint)
+    calid = build_method("calid", MethodModels(checkpoint=args.checkpoint))
     psnr, ssim = [], []
     for subject_id in datamodule.subjects(args.split):
         prepared = datamodule.prepared_subject(subject_id)

@@ -18,6 +18,7 @@ import torch
 from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.evaluation.evaluate_cli import select_frames
 from calid_lightning.evaluation.metrics import METRICS, slice_heart_boxes, slice_metrics
+from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.vae import VAEModule
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--frames", default="ed_es")
     args = parser.parse_args()
 
-    vae = VAEModule.load_frozen(args.vae)
+    vae = load_model(args.vae, VAEModule)
     datamodule = build_datamodule(*data_init_args(args.data, [], args.factor))
     per_subject: dict[str, list[float]] = {name: [] for name in METRICS}
     for subject_id in datamodule.subjects(args.split):

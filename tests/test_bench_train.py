@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from calid_lightning.models.calid_spatial import CaLIDSpatial
+from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.vae import VAEModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def test_main_writes_one_row_per_precision_and_worker_count(tiny_data, tmp_path)
 
 def test_calid_times_only_the_steps_after_warmup_with_its_hooks(tiny_data, tmp_path):
     vae_path = bench.untrained_vae_checkpoint(tmp_path / "vae.ckpt", overrides=tiny_data)
-    vae = VAEModule.load_frozen(vae_path)  # refuses a checkpoint without a computed scale factor
+    vae = load_model(vae_path, VAEModule)  # refuses a checkpoint without a computed scale factor
     assert tuple(vae.hparams.channels) == (32, 64, 64)  # experiments/vae.yaml's shape
     experiment = bench.build_experiment(
         "calid_spatial", overrides=[*tiny_data, f"model.init_args.vae_checkpoint={vae_path}"]

@@ -18,8 +18,8 @@ from calid_lightning.data.subject import DataError
 from calid_lightning.inference.upsample import factor_positions, upsample_stack
 from calid_lightning.models.calid_inflated import CaLIDInflated
 from calid_lightning.models.calid_spatial import CaLIDSpatial
+from calid_lightning.models.checkpoints import MODEL_CLASS_KEY, load_model
 from calid_lightning.models.diffusion import ddim_sample
-from calid_lightning.models.latent_interpolator import MODEL_CLASS_KEY, load_interpolator
 from calid_lightning.models.temporal_layers import TemporalMixer, phase_encoding
 from checkpoints import TINY_UNET, quiet_trainer, save_checkpoint, tiny_vae_checkpoint
 
@@ -99,7 +99,7 @@ def fold(x: torch.Tensor) -> torch.Tensor:
 def test_untrained_inflation_is_the_spatial_model_frame_by_frame(
     spatial_checkpoint: Path, frames: int
 ) -> None:
-    spatial = load_interpolator(spatial_checkpoint)
+    spatial = load_model(spatial_checkpoint)
     model = inflated(spatial_checkpoint).eval()
     assert len(model.denoiser.mixers) == 2 * len(TINY_UNET["channels"]) + 1 + len(TINY_UNET["channels"]) + 1
     noisy, below, above = latent_cines(frames)
@@ -220,7 +220,7 @@ def test_checkpoint_needs_no_spatial_file(spatial_checkpoint: Path, tmp_path: Pa
     path = tmp_path / "inflated.ckpt"
     trainer.save_checkpoint(path)
     copy.unlink()
-    loaded = load_interpolator(path)
+    loaded = load_model(path)
     assert type(loaded) is CaLIDInflated
     assert torch.load(path, weights_only=True)[MODEL_CLASS_KEY].endswith("calid_inflated.CaLIDInflated")
     assert loaded.frame_noise == 0.5 and loaded.hparams.temporal_layers == "conv+attention"
@@ -239,7 +239,7 @@ def test_bad_spatial_checkpoints(spatial_checkpoint: Path, tmp_path: Path) -> No
     with pytest.raises(DataError, match="not found"):
         CaLIDInflated(spatial_checkpoint=str(tmp_path / "missing.ckpt"))
     vae = tiny_vae_checkpoint(tmp_path / "vae.ckpt")
-    with pytest.raises(DataError, match="not a CaLID checkpoint"):
+    with pytest.raises(DataError, match="holds a VAEModule; spatial_checkpoint must be a CaLIDSpatial"):
         CaLIDInflated(spatial_checkpoint=str(vae))
     inflated_path = save_checkpoint(inflated(spatial_checkpoint), tmp_path / "inflated.ckpt")
     with pytest.raises(DataError, match="holds a CaLIDInflated; spatial_checkpoint must be a CaLIDSpatial"):
@@ -252,7 +252,7 @@ def test_bad_spatial_checkpoints(spatial_checkpoint: Path, tmp_path: Path) -> No
     }
     torch.save(retired, tmp_path / "2dt.ckpt")
     with pytest.raises(DataError, match=r"holds a CaLID2DT .* retired"):
-        load_interpolator(tmp_path / "2dt.ckpt")
+        load_model(tmp_path / "2dt.ckpt")
     with pytest.raises(ValueError, match="frame_noise must be in"):
         CaLIDInflated(spatial_checkpoint=str(spatial_checkpoint), frame_noise=1.5)
     with pytest.raises(ValueError, match="temporal_layers must be one of"):

@@ -237,7 +237,9 @@ def test_a_checkpoint_of_the_wrong_model_exits_2(
             [*argv, "--inflated-checkpoint", str(checkpoints["spatial"]), "--out", str(tmp_path / "x.csv")]
         )
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "holds a CaLIDSpatial model, expected a CaLIDInflated" in err
+    found = "holds a CaLIDSpatial checkpoint, expected a CaLIDInflated"
+    problem = f"--inflated-checkpoint {checkpoints['spatial']}: {found}"
+    assert exc.value.code == 2 and problem in err
 
 
 def test_a_file_that_is_not_a_checkpoint_exits_2(tmp_path: Path, capsys) -> None:

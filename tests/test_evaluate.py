@@ -19,13 +19,12 @@ from calid_lightning.data.subject import LV_CAVITY
 from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS, select_frames, subjects_path
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
-    CodecCeiling,
-    build_method,
     evaluate_method,
     evaluate_run,
     heldout_positions,
 )
 from calid_lightning.inference.baselines import IMAGE_BASELINES, linear_upsample
+from calid_lightning.inference.methods import CodecCeiling, build_method
 from checkpoints import save_checkpoint, tiny_vae_checkpoint
 
 PHANTOM = {"subjects": 3, "seed": 0, "size": [48, 48], "frames": 6}

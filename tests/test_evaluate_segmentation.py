@@ -16,16 +16,14 @@ from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
 from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS, subjects_path, summary_table
 from calid_lightning.evaluation.heldout import (
-    METHODS,
     RECORD_FIELDS,
     SEGMENTATION_FIELDS,
     SUBJECT_SEGMENTATION_FIELDS,
-    TrueSlices,
-    build_method,
     evaluate_method,
     evaluate_run,
 )
 from calid_lightning.evaluation.segmentation import stack_volume_errors
+from calid_lightning.inference.methods import METHODS, TrueSlices, build_method
 from calid_lightning.models.segmenter import SegmenterModule
 from checkpoints import save_checkpoint
 from test_evaluate import PHANTOM, evaluate, read_csv

@@ -610,7 +610,7 @@ def _fit_one_step(model: LightningModule, data: list, root: Path) -> Path:
 def test_vae_and_calid_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
     """Everything in them (hparams, optimizer, callback and RNG states) is tensors and plain Python values."""
     from calid_lightning.models.calid_spatial import CaLIDSpatial
-    from calid_lightning.models.latent_interpolator import load_interpolator
+    from calid_lightning.models.checkpoints import load_model
     from calid_lightning.models.vae import VAEModule
 
     torch.manual_seed(0)
@@ -619,7 +619,7 @@ def test_vae_and_calid_checkpoints_load_with_weights_only(tmp_path: Path) -> Non
     vae_path = _fit_one_step(vae, images, tmp_path / "vae")
     loaded = torch.load(vae_path, weights_only=True)
     assert "RNGStateCheckpoint" in loaded["callbacks"] and loaded["optimizer_states"]
-    assert bool(VAEModule.load_frozen(vae_path).scale_factor_computed)
+    assert bool(load_model(vae_path, VAEModule).scale_factor_computed)
 
     slices = [
         {
@@ -642,7 +642,7 @@ def test_vae_and_calid_checkpoints_load_with_weights_only(tmp_path: Path) -> Non
     loaded = torch.load(calid_path, weights_only=True)
     assert loaded["hyper_parameters"]["vae_hparams"]["channels"] == (8, 8, 8)
     assert CaLIDSpatial.load_from_checkpoint(calid_path, weights_only=True).ema.num_updates == 1
-    assert isinstance(load_interpolator(calid_path), CaLIDSpatial)
+    assert isinstance(load_model(calid_path), CaLIDSpatial)
 
 
 def test_step_checkpoint_saves_the_final_step_between_periodic_saves(tmp_path: Path) -> None:

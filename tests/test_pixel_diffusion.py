@@ -17,15 +17,11 @@ from lightning.pytorch import Trainer, seed_everything
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from calid_lightning.evaluation.heldout import build_method
 from calid_lightning.inference.interpolator import SliceInterpolator
+from calid_lightning.inference.methods import MethodModels, build_method
 from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.calid_spatial import CaLIDSpatial
-from calid_lightning.models.latent_interpolator import (
-    MODEL_CLASS_KEY,
-    checkpoint_model_class,
-    load_interpolator,
-)
+from calid_lightning.models.checkpoints import MODEL_CLASS_KEY, checkpoint_class, load_model
 from calid_lightning.models.pixel_diffusion import PixelSpatial
 from checkpoints import TINY_UNET
 
@@ -143,7 +139,7 @@ def test_save_load_round_trip(pixel_checkpoint: Path) -> None:
     checkpoint = torch.load(pixel_checkpoint, map_location="cpu", weights_only=False)
     assert checkpoint[MODEL_CLASS_KEY] == "calid_lightning.models.pixel_diffusion.PixelSpatial"
     model = PixelSpatial.load_from_checkpoint(pixel_checkpoint).eval()
-    loaded = load_interpolator(pixel_checkpoint)
+    loaded = load_model(pixel_checkpoint)
     assert type(loaded) is PixelSpatial and not loaded.training
     assert tuple(model.hparams.channels) == TINY_UNET["channels"]
     below, above = torch.rand(2, 1, SIZE, SIZE) * 2 - 1, torch.rand(2, 1, SIZE, SIZE) * 2 - 1
@@ -160,9 +156,9 @@ def test_save_load_round_trip(pixel_checkpoint: Path) -> None:
 def test_kind_detection_without_class_entry(pixel_checkpoint: Path) -> None:
     checkpoint = torch.load(pixel_checkpoint, map_location="cpu", weights_only=False)
     del checkpoint[MODEL_CLASS_KEY]
-    assert checkpoint_model_class(checkpoint, pixel_checkpoint) is PixelSpatial
+    assert checkpoint_class(checkpoint, pixel_checkpoint) is PixelSpatial
     latent = {"state_dict": {**checkpoint["state_dict"], "vae.scale_factor": torch.tensor(1.0)}}
-    assert checkpoint_model_class(latent) is CaLIDSpatial
+    assert checkpoint_class(latent) is CaLIDSpatial
 
 
 def test_calid_spatial_keeps_vae_hparams_and_keys() -> None:
@@ -178,7 +174,7 @@ def test_calid_spatial_keeps_vae_hparams_and_keys() -> None:
 def test_evaluate_pixel_method(pixel_checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="needs a PixelSpatial checkpoint"):
         build_method("pixel")
-    upsampler = build_method("pixel", pixel_checkpoint=str(pixel_checkpoint))
+    upsampler = build_method("pixel", MethodModels(pixel_checkpoint=str(pixel_checkpoint)))
     assert isinstance(upsampler, EngineUpsampler) and isinstance(upsampler.interpolator, PixelSpatial)
 
 

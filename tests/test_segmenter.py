@@ -15,7 +15,9 @@ from calid_lightning.data.preprocess import prepare_subject
 from calid_lightning.data.sampling import Example
 from calid_lightning.data.subject import DataError
 from calid_lightning.evaluation.segmentation import aggregate_segmentation, segmentation_metrics
+from calid_lightning.models.checkpoints import MODEL_CLASS_KEY, checkpoint_class, load_model
 from calid_lightning.models.segmenter import SegmenterModule, slice_dice
+from calid_lightning.models.vae import VAEModule
 from test_datamodule import MemoryReader, make_dm, make_subject, parse_cli
 
 ROOT = Path(__file__).parents[1]
@@ -109,11 +111,16 @@ def test_short_training_lowers_loss_and_raises_dice(tmp_path):
 
     path = tmp_path / "segmenter.ckpt"
     trainer.save_checkpoint(path)
-    loaded = SegmenterModule.load_frozen(path)
+    loaded = load_model(path, SegmenterModule)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     assert torch.equal(loaded.predict(images), model.predict(images))
-    with pytest.raises(FileNotFoundError, match="segmenter checkpoint not found"):
-        SegmenterModule.load_frozen(tmp_path / "missing.ckpt")
+    with pytest.raises(DataError, match=r"missing\.ckpt: checkpoint file not found"):
+        load_model(tmp_path / "missing.ckpt", SegmenterModule)
+    with pytest.raises(DataError, match="holds a SegmenterModule checkpoint, expected a VAEModule"):
+        load_model(path, VAEModule)
+    legacy = torch.load(path, weights_only=True)
+    del legacy[MODEL_CLASS_KEY]
+    assert checkpoint_class(legacy, path) is SegmenterModule
 
 
 def check_segment_batch(batch: dict, size: int, crop: int) -> None:

@@ -264,7 +264,7 @@ def _vae(path: Path) -> None:
     [
         (lambda p: p.write_text("epoch=3 loss=0.1\n"), "not a PyTorch checkpoint"),
         (_random_bytes, "not a PyTorch checkpoint"),
-        (_vae, "not a CaLID checkpoint"),
+        (_vae, "holds a VAEModule checkpoint, expected a CaLIDSpatial or CaLIDInflated or PixelSpatial"),
     ],
     ids=["text", "random-bytes", "vae-checkpoint"],
 )

@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from calid_lightning.errors import DataError
+from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.vae import VAEModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +144,7 @@ def test_scale_factor_after_fit_is_in_last_checkpoint_and_load_frozen(tmp_path: 
     final_step = torch.load(next(tmp_path.glob("*step=6.ckpt")), weights_only=False)["state_dict"]
     assert bool(final_step["scale_factor_computed"])
 
-    vae = VAEModule.load_frozen(tmp_path / "last.ckpt")
+    vae = load_model(tmp_path / "last.ckpt", VAEModule)
     assert not vae.training and not any(p.requires_grad for p in vae.parameters())
     assert float(vae.scale_factor) == pytest.approx(expected, rel=1e-5)
     x = torch.cat([item["image"][None] for item in blobs(4, seed=1)])
@@ -155,8 +157,8 @@ def test_scale_factor_after_fit_is_in_last_checkpoint_and_load_frozen(tmp_path: 
         assert float(z.std()) == pytest.approx(1.0, abs=0.3)
 
     intermediate = next(tmp_path.glob("*step=1.ckpt"))
-    with pytest.raises(ValueError, match="scale_factor was never computed"):
-        VAEModule.load_frozen(intermediate)
+    with pytest.raises(DataError, match="scale_factor was never computed"):
+        load_model(intermediate, VAEModule)
 
 
 def test_scale_factor_when_training_stops_early(tmp_path: Path) -> None:
@@ -170,7 +172,7 @@ def test_scale_factor_when_training_stops_early(tmp_path: Path) -> None:
     fit = trainer(50, callbacks=[StopAfterTwo(), checkpoints], enable_checkpointing=True)
     fit.fit(model, loader())
     assert fit.global_step == 2
-    vae = VAEModule.load_frozen(tmp_path / "last.ckpt")
+    vae = load_model(tmp_path / "last.ckpt", VAEModule)
     assert float(vae.scale_factor) == pytest.approx(1.0 / latent_std(vae, blobs()), rel=1e-5)
 
 
@@ -251,7 +253,7 @@ def test_scale_factor_is_reduced_over_ddp_ranks(tmp_path: Path) -> None:
     script.write_text(DDP_SCRIPT)
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=300, cwd=tmp_path)
     factors = [torch.load(tmp_path / f"factor_rank{rank}.pt") for rank in (0, 1)]
-    vae = VAEModule.load_frozen(tmp_path / "last.ckpt")
+    vae = load_model(tmp_path / "last.ckpt", VAEModule)
     expected = 1.0 / latent_std(vae, data)
     assert factors[0] == pytest.approx(expected, rel=1e-5) and factors[1] == pytest.approx(expected, rel=1e-5)
     per_rank = [1.0 / latent_std(vae, data[rank::2]) for rank in (0, 1)]

@@ -46,28 +46,19 @@ from calid_lightning.evaluation.evaluate_cli import (
     summary_table,
     write_csv,
 )
-from calid_lightning.evaluation.heldout import (
-    CHECKPOINT_METHODS,
-    IMAGE_METHODS,
-    MEAN_DRAWS,
-    Upsampler,
-    build_method,
-    heldout_positions,
-    with_sampling,
-)
+from calid_lightning.evaluation.heldout import heldout_positions, with_sampling
 from calid_lightning.evaluation.metrics import METRICS, heart_box, slice_heart_boxes, slice_metrics
 from calid_lightning.evaluation.temporal import plot_methods_over_time, temporal_coherence_error
-from calid_lightning.inference.interpolator import ConditionalMean
+from calid_lightning.inference.methods import (
+    METHODS,
+    MethodModels,
+    Upsampler,
+    add_model_arguments,
+    build_method,
+    checked_methods,
+)
 from calid_lightning.inference.upsample import EngineUpsampler
 
-INFLATED_METHODS = ("calid_inflated", "calid_inflated_shared", "calid_inflated_mean")
-"""The inflated 2D+T model (``--inflated-checkpoint``): one sample with independent / shared noise over the
-frames, and its conditional-mean estimate (as ``calid_mean`` for the spatial model)."""
-CINE_METHODS = (*INFLATED_METHODS, "calid_shared")
-"""Whole-cine methods; ``calid_shared`` is the spatial model (``--checkpoint``) frame by frame with one noise
-for every frame of a cine (the inflation with no temporal layers)."""
-FRAME_METHODS = CHECKPOINT_METHODS + IMAGE_METHODS
-METHODS = CINE_METHODS + FRAME_METHODS
 CINE_METRICS = (*METRICS, "temporal_error")
 RECORD_FIELDS = ("subject", "method", "factor", "z", "frames", *CINE_METRICS)
 SUBJECT_FIELDS = ("subject", "method", "factor", "slices", "frames", *CINE_METRICS, "seconds_per_volume")
@@ -111,15 +102,7 @@ def parse_frames(value: str) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calid evaluate-cine", description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
-    parser.add_argument(
-        "--inflated-checkpoint",
-        help="CaLIDInflated checkpoint for calid_inflated and calid_inflated_shared",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        help="CaLIDSpatial checkpoint for calid, calid_shared, calid_mean, calid_sequential, lerp, slerp "
-        "(frame by frame)",
-    )
+    add_model_arguments(parser, "evaluate-cine")
     parser.add_argument(
         "--methods", default="calid_inflated,calid,calid_shared,linear", help="comma-separated"
     )
@@ -153,54 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def checkpoint_class(path: str) -> type:
-    """The interpolator class a checkpoint file holds (read weights-only, without building the model)."""
-    from calid_lightning.checkpoint_file import read_checkpoint
-    from calid_lightning.models.latent_interpolator import checkpoint_model_class
-
-    return checkpoint_model_class(read_checkpoint(path), path)
-
-
-def build_cine_methods(
-    methods: Sequence[str],
-    checkpoint: str | None,
-    device: str,
-    max_batch: int,
-    inflated_checkpoint: str | None = None,
-) -> dict[str, CineMethod]:
+def build_cine_methods(methods: Sequence[str], models: MethodModels) -> dict[str, CineMethod]:
     """The methods by name; raises ``ValueError`` naming the option whose checkpoint is unreadable or holds
     the wrong model."""
-    from calid_lightning.models.calid_inflated import CaLIDInflated
-    from calid_lightning.models.calid_spatial import CaLIDSpatial
-    from calid_lightning.models.latent_interpolator import load_interpolator
-
-    expected = (
-        ("--inflated-checkpoint", inflated_checkpoint, CaLIDInflated),
-        ("--checkpoint", checkpoint, CaLIDSpatial),
-    )
-    for option, path, cls in expected:
-        if path:
-            try:
-                found = checkpoint_class(path)
-            except DataError as exc:
-                raise ValueError(f"{option} {exc}") from exc
-            if not issubclass(found, cls):
-                raise ValueError(
-                    f"{option} {path}: holds a {found.__name__} model, expected a {cls.__name__}"
-                )
-    built: dict[str, CineMethod] = {}
-    for name in methods:
-        if name in CINE_METHODS:
-            if name == "calid_shared":
-                model = CaLIDInflated(spatial_checkpoint=checkpoint, temporal_layers="none").to(device).eval()
-            else:
-                model = load_interpolator(str(inflated_checkpoint), map_location=device)
-            model.frame_noise = 1.0 if name.endswith("_shared") else 0.0
-            interpolator = ConditionalMean(model, draws=MEAN_DRAWS) if name.endswith("_mean") else model
-            built[name] = CineMethod(EngineUpsampler(interpolator, max_batch=max_batch, device=device), True)
-        else:
-            built[name] = CineMethod(build_method(name, checkpoint, device, max_batch), False)
-    return built
+    return {name: CineMethod(build_method(name, models), METHODS[name].cine) for name in methods}
 
 
 def cine_frames(prepared: PreparedSubject, count: int | None) -> list[int]:
@@ -335,49 +274,19 @@ def write_figure(
     )
 
 
-def _checked_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The methods to run: known names, checkpoint files present, those without a checkpoint skipped."""
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        parser.error(f"--methods {args.methods!r}: unknown {unknown}; choose from {', '.join(METHODS)}")
-    if args.factor < 2:
-        parser.error(f"--factor must be >= 2 (one held-out slice per gap), got {args.factor}")
-    options = (
-        ("--inflated-checkpoint", args.inflated_checkpoint),
-        ("--checkpoint", args.checkpoint),
-    )
-    for option, path in options:
-        if path and not Path(path).is_file():
-            parser.error(f"{option} {path}: file not found")
-    needs = (
-        (INFLATED_METHODS, "--inflated-checkpoint", args.inflated_checkpoint),
-        ((*CHECKPOINT_METHODS, "calid_shared"), "--checkpoint", args.checkpoint),
-    )
-    for needed, option, path in needs:
-        skipped = [m for m in methods if m in needed]
-        if skipped and not path:
-            print(
-                f"calid evaluate-cine: skipping {', '.join(skipped)}: they need {option} CKPT",
-                file=sys.stderr,
-            )
-            methods = [m for m in methods if m not in needed]
-    if not methods:
-        parser.error(
-            "no method left to evaluate: pass --inflated-checkpoint / --checkpoint or an image method"
-        )
-    return methods
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``calid evaluate-cine``; returns the exit status (2 for bad arguments, 1 for bad data)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    names = _checked_methods(parser, args)
+    names = checked_methods(parser, args, "evaluate-cine")
+    models = MethodModels(
+        checkpoint=args.checkpoint,
+        inflated_checkpoint=args.inflated_checkpoint,
+        device=args.device,
+        max_batch=args.max_batch,
+    )
     try:
-        methods = build_cine_methods(
-            names, args.checkpoint, args.device, args.max_batch, args.inflated_checkpoint
-        )
+        methods = build_cine_methods(names, models)
     except (DataError, ValueError) as exc:
         parser.error(str(exc))
     try:

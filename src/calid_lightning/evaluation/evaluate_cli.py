@@ -42,17 +42,10 @@ from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import DataError
 from calid_lightning.evaluation.heldout import (
-    CHECKPOINT_METHODS,
-    MEAN_DRAWS,
-    METHODS,
-    PIXEL_METHODS,
     RECORD_FIELDS,
     SEGMENTATION_FIELDS,
-    SEGMENTER_METHODS,
     SUBJECT_SEGMENTATION_FIELDS,
     Segmenter,
-    Upsampler,
-    build_method,
     evaluate_method,
     evaluate_run,
 )
@@ -60,6 +53,14 @@ from calid_lightning.evaluation.metrics import METRICS
 
 # summary_table is also imported from here by cine_eval.
 from calid_lightning.evaluation.table import summary_table
+from calid_lightning.inference.methods import (
+    MEAN_DRAWS,
+    MethodModels,
+    Upsampler,
+    add_model_arguments,
+    build_method,
+    checked_methods,
+)
 from calid_lightning.io_safety import atomic_path
 
 SUBJECT_FIELDS = ("subject", "method", "factor", "slices", *METRICS, "seconds_per_volume")
@@ -68,13 +69,7 @@ SUBJECT_FIELDS = ("subject", "method", "factor", "slices", *METRICS, "seconds_pe
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calid evaluate", description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
-    parser.add_argument(
-        "--checkpoint", help="CaLIDSpatial checkpoint for calid, calid_mean, calid_sequential, lerp, slerp"
-    )
-    parser.add_argument("--pixel-checkpoint", help="PixelSpatial checkpoint for the method pixel")
-    parser.add_argument(
-        "--segmenter", help="SegmenterModule checkpoint: adds Dice / HD95 / LV volume errors and method truth"
-    )
+    add_model_arguments(parser, "evaluate")
     parser.add_argument("--methods", default="calid,lerp,slerp,linear,cubic,nearest", help="comma-separated")
     parser.add_argument("--factor", type=int, default=4, help="gap factor: keep every k-th slice")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
@@ -141,9 +136,10 @@ def warm_up(
 
 def load_segmenter(path: str, device: str) -> Segmenter:
     """The frozen ``SegmenterModule`` of ``path`` on ``device``."""
+    from calid_lightning.models.checkpoints import load_model
     from calid_lightning.models.segmenter import SegmenterModule
 
-    return SegmenterModule.load_frozen(path, map_location=device).to(device)
+    return load_model(path, SegmenterModule, map_location=device).to(device)
 
 
 def subject_rows(
@@ -174,46 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``calid evaluate``; returns the exit status (2 for bad arguments, 1 for bad data)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        parser.error(f"--methods {args.methods!r}: unknown {unknown}; choose from {', '.join(METHODS)}")
-    if args.factor < 2:
-        parser.error(f"--factor must be >= 2 (one held-out slice per gap), got {args.factor}")
-    for option, path in (
-        ("--checkpoint", args.checkpoint),
-        ("--pixel-checkpoint", args.pixel_checkpoint),
-        ("--segmenter", args.segmenter),
-    ):
-        if path and not Path(path).is_file():
-            parser.error(f"{option} {path}: file not found")
-    checkpoints = (
-        (CHECKPOINT_METHODS, "--checkpoint", args.checkpoint),
-        (PIXEL_METHODS, "--pixel-checkpoint", args.pixel_checkpoint),
-        (SEGMENTER_METHODS, "--segmenter", args.segmenter),
-    )
-    for needed, option, path in checkpoints:
-        if path:
-            continue
-        skipped = [m for m in methods if m in needed]
-        if skipped:
-            print(f"calid evaluate: skipping {', '.join(skipped)}: they need {option} CKPT", file=sys.stderr)
-        methods = [m for m in methods if m not in needed]
-    if not methods:
-        parser.error(
-            "no method left to evaluate: pass --checkpoint / --pixel-checkpoint / --segmenter or an image "
-            "method (linear,cubic,nearest)"
-        )
+    methods = checked_methods(parser, args, "evaluate")
     try:
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
         datamodule = build_datamodule(class_path, init_args)
         subjects = datamodule.subjects(args.split)
-        upsamplers = {
-            m: build_method(
-                m, args.checkpoint, args.device, args.max_batch, args.pixel_checkpoint, args.mean_draws
-            )
-            for m in methods
-        }
+        models = MethodModels(
+            checkpoint=args.checkpoint,
+            pixel_checkpoint=args.pixel_checkpoint,
+            device=args.device,
+            max_batch=args.max_batch,
+            mean_draws=args.mean_draws,
+        )
+        upsamplers = {m: build_method(m, models) for m in methods}
         segmenter = load_segmenter(args.segmenter, args.device) if args.segmenter else None
         records: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []

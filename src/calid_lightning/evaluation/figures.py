@@ -39,15 +39,16 @@ from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import DataError
-from calid_lightning.evaluation.heldout import (
-    CHECKPOINT_METHODS,
-    METHODS,
-    PIXEL_METHODS,
-    Upsampler,
-    build_method,
-    with_sampling,
-)
+from calid_lightning.evaluation.heldout import with_sampling
 from calid_lightning.evaluation.metrics import HEART_LABELS, Box, slice_heart_boxes, slice_metrics
+from calid_lightning.inference.methods import (
+    MethodModels,
+    Upsampler,
+    add_model_arguments,
+    build_method,
+    checked_methods,
+    label_of,
+)
 from calid_lightning.inference.upsample import EngineUpsampler, upsample_stack
 from calid_lightning.io_safety import atomic_save
 
@@ -58,17 +59,6 @@ class UsageError(ValueError):
     """A command-line value that does not fit the data (exit status 2, like argparse's own errors)."""
 
 
-LABELS = {
-    "calid": "CaLID",
-    "calid_mean": "CaLID mean",
-    "calid_sequential": "CaLID (sequential)",
-    "lerp": "latent lerp",
-    "slerp": "latent slerp",
-    "pixel": "pixel diffusion",
-    "linear": "linear (image)",
-    "cubic": "cubic (image)",
-    "nearest": "nearest slice",
-}
 PANEL_INCHES = 2.3
 DPI = 150
 
@@ -363,13 +353,13 @@ def make_figures(
     distance = abs(z_local - source)
     sparse_title = f"input: z={view.first + source} ({distance} slice{'s' * (distance != 1)} away)"
     columns = [(sparse_title, view.truth[source])]
-    columns += [(LABELS.get(n, n), d[z_local]) for n, d in dense.items()]
+    columns += [(label_of(n), d[z_local]) for n, d in dense.items()]
     truth_title = f"truth: z={view.first + z_local} (held out)\n{about}"
     written = [out / f"comparison_{tag}.png"]
     atomic_save(written[-1], comparison_figure(columns, view.truth[z_local], truth_title, row).savefig)
 
     cuts = [("sparse input (nearest)", through_plane_image(view.truth, view.kept, row, nearest=True))]
-    cuts += [(LABELS.get(n, n), through_plane_image(d, view.kept, row)) for n, d in dense.items()]
+    cuts += [(label_of(n), through_plane_image(d, view.kept, row)) for n, d in dense.items()]
     cuts.append(("truth", through_plane_image(view.truth, view.kept, row)))
     dx, dz = view.spacing[1], view.spacing[2]
     title = f"through-plane cut at image row {row}, {about} ({dz:g} mm slices, {dx:.2f} mm pixels)"
@@ -405,8 +395,7 @@ def make_figures(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calid figures", description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
-    parser.add_argument("--checkpoint", help="CaLIDSpatial checkpoint for calid, lerp, slerp")
-    parser.add_argument("--pixel-checkpoint", help="PixelSpatial checkpoint for the method pixel")
+    add_model_arguments(parser, "figures")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated, in column order")
     parser.add_argument("--factor", type=int, default=4, help="gap factor: keep every k-th slice")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
@@ -444,25 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``calid figures``; returns the exit status (2 for bad arguments, 1 for bad data)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        parser.error(f"--methods {args.methods!r}: unknown {unknown}; choose from {', '.join(METHODS)}")
-    if args.factor < 2:
-        parser.error(f"--factor must be >= 2 (one held-out slice per gap), got {args.factor}")
+    methods = checked_methods(parser, args, "figures")
     if args.samples == 1 or args.samples < 0:
         parser.error(f"--samples must be 0 (no uncertainty map) or >= 2 (std needs two), got {args.samples}")
-    for needed, option, path in (
-        (CHECKPOINT_METHODS, "--checkpoint", args.checkpoint),
-        (PIXEL_METHODS, "--pixel-checkpoint", args.pixel_checkpoint),
-    ):
-        mine = [m for m in methods if m in needed]
-        if mine and not (path and Path(path).is_file()):
-            why = f"{option} {path} not found" if path else f"they need {option} CKPT"
-            print(f"calid figures: skipping {', '.join(mine)}: {why}", file=sys.stderr)
-            methods = [m for m in methods if m not in needed]
-    if not methods:
-        parser.error("no method left: pass --checkpoint / --pixel-checkpoint or an image method")
     if "calid" not in methods:
         print(
             "calid figures: no uncertainty figure: it needs the method calid (and --checkpoint)",
@@ -486,10 +459,13 @@ def main(argv: list[str] | None = None) -> int:
         _, heldout = datamodule.heldout(subject)
         if args.z is not None and args.z not in set(heldout.tolist()):
             raise UsageError(f"--z {args.z}: not a held-out slice of {subject}; choose {heldout.tolist()}")
-        upsamplers = {
-            m: build_method(m, args.checkpoint, args.device, args.max_batch, args.pixel_checkpoint)
-            for m in methods
-        }
+        models = MethodModels(
+            checkpoint=args.checkpoint,
+            pixel_checkpoint=args.pixel_checkpoint,
+            device=args.device,
+            max_batch=args.max_batch,
+        )
+        upsamplers = {m: build_method(m, models) for m in methods}
         written = make_figures(
             datamodule,
             subject,

@@ -16,7 +16,6 @@ feeds the true held-out slices through the same path: the segmenter's ceiling.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -35,17 +34,9 @@ from calid_lightning.evaluation.segmentation import (
     segmentation_metrics,
     stack_volume_errors,
 )
-from calid_lightning.inference.baselines import IMAGE_BASELINES
-from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
+from calid_lightning.inference.methods import CodecCeiling, TrueSlices, Upsampler
 from calid_lightning.inference.upsample import EngineUpsampler
 
-CHECKPOINT_METHODS = ("calid", "calid_mean", "calid_sequential", "lerp", "slerp", "vae_truth")
-MEAN_DRAWS = 1
-"""Noise draws averaged by ``calid_mean`` (the conditional-mean estimate) unless told otherwise."""
-PIXEL_METHODS = ("pixel",)
-IMAGE_METHODS = ("linear", "cubic", "nearest")
-SEGMENTER_METHODS = ("truth",)
-METHODS = CHECKPOINT_METHODS + PIXEL_METHODS + IMAGE_METHODS + SEGMENTER_METHODS
 RECORD_FIELDS = ("subject", "method", "factor", "frame", "z", *METRICS)
 SEGMENTATION_FIELDS = tuple(f"{m}_{c}" for m in ("dice", "hd95") for c in CLASS_KEYS.values())
 VOLUME_FIELDS = ("edv_error_ml", "esv_error_ml", "ef_error", "abs_ef_error")
@@ -58,47 +49,10 @@ SUBJECT_SEGMENTATION_FIELDS = (
 )
 
 
-class Upsampler(Protocol):
-    """Anything that returns the slices at ``positions`` of a ``(Z, N, 1, H, W)`` stack."""
-
-    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor: ...
-
-
 class Segmenter(Protocol):
     """Anything that labels slices: ``predict(images (N, 1, H, W) in [0, 1]) -> labels (N, H, W)``."""
 
     def predict(self, images: Tensor) -> Tensor: ...
-
-
-class TrueSlices:
-    """The ceiling method ``truth``: :func:`evaluate_run` scores the true held-out slices themselves.
-
-    It cannot upsample a stack from its kept slices alone, so :meth:`at` refuses.
-    """
-
-    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor:
-        raise TypeError("method 'truth' returns the true held-out slices; run it through evaluate_run")
-
-
-@dataclasses.dataclass
-class CodecCeiling:
-    """The ceiling method ``vae_truth``: the true held-out slices through the model's VAE (encode, decode).
-
-    The best a latent method can score: its remaining error is the autoencoder's. Like :class:`TrueSlices`
-    it needs the truth, so :func:`evaluate_run` feeds it and :meth:`at` refuses.
-    """
-
-    model: Any
-    device: str = "cpu"
-
-    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor:
-        raise TypeError("method 'vae_truth' reconstructs the true held-out slices; use evaluate_run")
-
-    @torch.no_grad()
-    def reconstruct(self, slices: Tensor) -> Tensor:
-        """``(Z, N, 1, H, W)`` slices -> their VAE reconstructions, same shape, on the CPU."""
-        flat = slices.flatten(0, 1).to(self.device)
-        return self.model.decode(self.model.encode(flat)).cpu().reshape(slices.shape)
 
 
 @dataclasses.dataclass
@@ -112,66 +66,6 @@ class MethodRun:
     records: list[dict[str, Any]]
     seconds: float
     summary: dict[str, float]
-
-
-@functools.lru_cache(maxsize=2)
-def load_calid(checkpoint: str, device: str = "cpu") -> Any:
-    """A CaLIDSpatial checkpoint in eval mode on ``device`` (cached: calid, lerp and slerp share one)."""
-    from calid_lightning.models.calid_spatial import CaLIDSpatial
-
-    return CaLIDSpatial.load_from_checkpoint(checkpoint, map_location=device).to(device).eval()
-
-
-@functools.lru_cache(maxsize=1)
-def load_pixel(checkpoint: str, device: str = "cpu") -> Any:
-    """A PixelSpatial checkpoint in eval mode on ``device`` (cached)."""
-    from calid_lightning.models.pixel_diffusion import PixelSpatial
-
-    return PixelSpatial.load_from_checkpoint(checkpoint, map_location=device).to(device).eval()
-
-
-def build_method(
-    name: str,
-    checkpoint: str | None = None,
-    device: str = "cpu",
-    max_batch: int = 64,
-    pixel_checkpoint: str | None = None,
-    mean_draws: int = MEAN_DRAWS,
-) -> Upsampler:
-    """The upsampler of method ``name`` (one of :data:`METHODS`).
-
-    ``calid`` / ``calid_sequential`` run the CaLID model through the autoregressive engine in bisection /
-    sequential order; ``calid_mean`` runs it in bisection order with the conditional-mean estimate
-    (:class:`~calid_lightning.inference.interpolator.ConditionalMean` over ``mean_draws`` noise draws),
-    the estimate for distortion metrics; ``lerp`` / ``slerp`` blend the same model's VAE latents; ``pixel``
-    runs the pixel-space diffusion interpolator (``pixel_checkpoint``) through the engine in bisection order;
-    ``linear``, ``cubic`` and ``nearest`` interpolate the images along z; ``truth`` stands for the true
-    slices (:class:`TrueSlices`) and ``vae_truth`` for their VAE reconstructions (:class:`CodecCeiling`).
-    Raises ``ValueError`` for an unknown name or a missing checkpoint.
-    """
-    if name in SEGMENTER_METHODS:
-        return TrueSlices()
-    if name in IMAGE_METHODS:
-        return IMAGE_BASELINES[name]
-    if name in PIXEL_METHODS:
-        if not pixel_checkpoint:
-            raise ValueError(f"method {name!r} needs a PixelSpatial checkpoint (--pixel-checkpoint CKPT)")
-        model = load_pixel(str(pixel_checkpoint), device)
-        return EngineUpsampler(model, max_batch=max_batch, device=device)
-    if name not in CHECKPOINT_METHODS:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
-    if not checkpoint:
-        raise ValueError(f"method {name!r} needs a CaLIDSpatial checkpoint (--checkpoint CKPT)")
-    model = load_calid(str(checkpoint), device)
-    if name == "vae_truth":
-        return CodecCeiling(model, device)
-    interpolator: Any = model
-    if name in ("lerp", "slerp"):
-        interpolator = LatentBlend(model, name)
-    elif name == "calid_mean":
-        interpolator = ConditionalMean(model, draws=mean_draws)
-    order = "sequential" if name == "calid_sequential" else "bisection"
-    return EngineUpsampler(interpolator, order=order, max_batch=max_batch, device=device)
 
 
 def heldout_positions(kept: Sequence[int], heldout: Sequence[int]) -> tuple[int, list[float]]:

@@ -35,6 +35,7 @@ from calid_lightning.cli_options import (
 )
 from calid_lightning.data.subject import DataError
 from calid_lightning.inference.interpolator import ConditionalMean, SliceInterpolator
+from calid_lightning.inference.methods import methods_of
 from calid_lightning.inference.nifti_io import (
     frames_from_cine,
     read_sparse_stack,
@@ -51,7 +52,6 @@ from calid_lightning.inference.upsample import (
 )
 from calid_lightning.io_safety import OutputPathError, check_output_path, sigterm_as_exit
 
-METHODS = ("calid", "linear", "nearest", "cubic")
 MAX_OUTPUT_SLICES = 1000
 """More output slices than this is almost surely a typo in ``--spacing`` / ``--factor`` (``--force``)."""
 DISK_MARGIN_BYTES = 16 * 2**20
@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         help="target slice spacing in mm (instead of --factor); must divide the acquired spacing",
     )
-    parser.add_argument("--method", choices=METHODS, default="calid", help="calid needs --checkpoint")
+    parser.add_argument(
+        "--method", choices=methods_of("upsample"), default="calid", help="calid needs --checkpoint"
+    )
     parser.add_argument("--checkpoint", help="CaLID checkpoint (.ckpt), spatial or 2D+T (read from the file)")
     parser.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--order", choices=("bisection", "sequential"), default="bisection")
@@ -109,9 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _interpolator(args: argparse.Namespace):
     """The SliceInterpolator for ``--method`` (None for the whole-stack nearest / cubic baselines)."""
     if args.method == "calid":
-        from calid_lightning.models.latent_interpolator import load_interpolator
+        from calid_lightning.models.calid_inflated import CaLIDInflated
+        from calid_lightning.models.calid_spatial import CaLIDSpatial
+        from calid_lightning.models.checkpoints import load_model
+        from calid_lightning.models.pixel_diffusion import PixelSpatial
 
-        model = load_interpolator(args.checkpoint, map_location=args.device).to(args.device)
+        interpolators = (CaLIDSpatial, CaLIDInflated, PixelSpatial)
+        model = load_model(args.checkpoint, interpolators, map_location=args.device).to(args.device)
         return ConditionalMean(model, draws=args.mean_draws) if args.estimate == "mean" else model
     if args.method == "linear":
         from calid_lightning.inference.baselines import ImageLinear

@@ -28,14 +28,11 @@ from torch import Tensor, nn
 from calid_lightning.checkpoint_file import read_checkpoint
 from calid_lightning.data.subject import DataError
 from calid_lightning.metrics.temporal import temporal_coherence_error
+from calid_lightning.models.checkpoints import checkpoint_class
 from calid_lightning.models.conditioning import ConditionalDenoiser
 from calid_lightning.models.diffusion import randn_like_from
 from calid_lightning.models.ema import EMA
-from calid_lightning.models.latent_interpolator import (
-    DENOISER_HPARAMS,
-    LatentInterpolatorBase,
-    checkpoint_model_class,
-)
+from calid_lightning.models.latent_interpolator import DENOISER_HPARAMS, LatentInterpolatorBase
 from calid_lightning.models.temporal_layers import TEMPORAL_LAYERS, TemporalMixer, inflate_blocks
 
 ARCHITECTURE_KEYS = (
@@ -115,7 +112,7 @@ def read_spatial_checkpoint(path: str | None) -> tuple[dict[str, Any], dict[str,
             "runs/calid_spatial/quick/checkpoints/last.ckpt of `calid fit -c experiments/calid_spatial.yaml`)"
         )
     checkpoint = read_checkpoint(path)
-    cls = checkpoint_model_class(checkpoint, path)
+    cls = checkpoint_class(checkpoint, path)
     if not issubclass(cls, CaLIDSpatial):
         raise DataError(path, f"holds a {cls.__name__}; spatial_checkpoint must be a CaLIDSpatial checkpoint")
     return dict(checkpoint["hyper_parameters"]), checkpoint["state_dict"]

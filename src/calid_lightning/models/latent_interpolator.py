@@ -20,7 +20,6 @@ same denoiser runs on image slices (the pixel-space speed reference).
 from __future__ import annotations
 
 import contextvars
-import importlib
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from calid_lightning.data.datasets import task_frames
 from calid_lightning.data.sampling import sample_train_example
-from calid_lightning.data.subject import DataError
+from calid_lightning.models.checkpoints import NamedCheckpoint, load_model
 from calid_lightning.models.conditioning import ConditionalDenoiser, lerp
 from calid_lightning.models.diffusion import (
     ddim_sample,
@@ -48,8 +47,6 @@ from calid_lightning.models.ema import EMA
 from calid_lightning.models.latent_cache import LatentCache, module_digest
 from calid_lightning.models.vae import VAEModule
 
-RETIRED_2DT = "calid_lightning.models.calid_2dt.CaLID2DT"
-"""The class name in checkpoints of the retired from-scratch 2D+T model (refused with a message)."""
 DENOISER_HPARAMS = (
     "channels",
     "attention_levels",
@@ -60,8 +57,6 @@ DENOISER_HPARAMS = (
     "conditioning_channels",
 )
 """The constructor arguments that shape the conditional denoiser (U-Net + ControlNet)."""
-MODEL_CLASS_KEY = "calid_model_class"
-"""Checkpoint entry naming the interpolator class (``module.Class``), written by ``on_save_checkpoint``."""
 
 
 def load_vae(vae_checkpoint: str | None, vae_hparams: dict[str, Any] | None = None) -> VAEModule:
@@ -76,7 +71,7 @@ def load_vae(vae_checkpoint: str | None, vae_hparams: dict[str, Any] | None = No
             "CaLID needs model.vae_checkpoint: the path of a trained VAE checkpoint "
             "(e.g. runs/vae/quick/checkpoints/last.ckpt from `calid fit -c experiments/vae.yaml ...`)"
         )
-    loaded = VAEModule.load_frozen(vae_checkpoint) if vae_hparams is None else None
+    loaded = load_model(vae_checkpoint, VAEModule) if vae_hparams is None else None
     hparams = inference_vae_hparams(loaded.hparams if loaded is not None else vae_hparams)
     accepted = inspect.signature(VAEModule.__init__).parameters
     vae = VAEModule(**{k: v for k, v in hparams.items() if k in accepted})
@@ -92,7 +87,7 @@ def inference_vae_hparams(hparams: Any) -> dict[str, Any]:
     return {**plain, "adv_weight": 0.0, "perceptual_weights": None}
 
 
-class LatentInterpolatorBase(LightningModule):
+class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
     """Latent diffusion interpolator for one missing item (a slice or a cine) between two known ones.
 
     Inference API (used by the whole-volume upsampler): ``encode``, ``decode``, ``interpolate`` (latents in,
@@ -487,58 +482,8 @@ class LatentInterpolatorBase(LightningModule):
         """Name this class in the checkpoint (tools load it without being told which model it is) and keep
         the validation count, so sampling validations (``val_sample_every``) fall on the same runs after a
         resume."""
-        checkpoint[MODEL_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        super().on_save_checkpoint(checkpoint)
         checkpoint["validation_runs"] = self._validation_runs
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._validation_runs = int(checkpoint.get("validation_runs", 0))
-
-
-def checkpoint_model_class(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> type:
-    """The interpolator class of a loaded checkpoint dict.
-
-    Uses the class name written by ``on_save_checkpoint``; for checkpoints saved without it, a state_dict
-    without ``vae.*`` weights is a pixel-space model, one with the U-Net under ``denoiser.spatial`` an
-    inflated 2D+T model, else the U-Net's input convolution tells a 3D (2D+T) denoiser from a 2D (spatial)
-    one. Raises :class:`DataError` naming the file when it is not a CaLID
-    checkpoint.
-    """
-    name = checkpoint.get(MODEL_CLASS_KEY)
-    if name is None and "denoiser.spatial.unet.conv_in.conv.weight" in checkpoint.get("state_dict", {}):
-        name = "calid_lightning.models.calid_inflated.CaLIDInflated"
-    if name is None:
-        weight = checkpoint.get("state_dict", {}).get("denoiser.unet.conv_in.conv.weight")
-        if weight is None:
-            raise DataError(
-                path,
-                f"not a CaLID checkpoint (no '{MODEL_CLASS_KEY}' entry and no "
-                "state_dict['denoiser.unet.conv_in.conv.weight']); expected a CaLIDSpatial, CaLIDInflated or "
-                "PixelSpatial checkpoint",
-            )
-        if not any(key.startswith("vae.") for key in checkpoint["state_dict"]):
-            name = "calid_lightning.models.pixel_diffusion.PixelSpatial"
-        elif weight.ndim == 5:
-            name = RETIRED_2DT
-        else:
-            name = "calid_lightning.models.calid_spatial.CaLIDSpatial"
-    if name == RETIRED_2DT:
-        raise DataError(
-            path,
-            "holds a CaLID2DT (the from-scratch 3D U-Net 2D+T model), which was retired after losing every "
-            "comparison; train the inflated 2D+T model instead (`make train-inflated`)",
-        )
-    module_name, _, class_name = name.rpartition(".")
-    if not module_name.startswith("calid_lightning."):
-        raise DataError(path, f"'{MODEL_CLASS_KEY}' names {name!r}, which is not a calid_lightning model")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, LatentInterpolatorBase)):
-        raise DataError(path, f"'{MODEL_CLASS_KEY}' names {name!r}, which is not a CaLID interpolator")
-    return cls
-
-
-def load_interpolator(path: str | Path, map_location: Any = "cpu") -> LatentInterpolatorBase:
-    """Load a CaLID checkpoint of any kind (spatial, 2D+T, pixel) in eval mode; the file names its class."""
-    from calid_lightning.checkpoint_file import read_checkpoint
-
-    cls = checkpoint_model_class(read_checkpoint(path), path)
-    return cls.load_from_checkpoint(path, map_location=map_location).eval()

@@ -12,7 +12,6 @@ per-slice Dice averaged over the slices whose truth holds the class (the convent
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from torchmetrics import MeanMetric
 
 from calid_lightning.data.subject import CLASS_KEYS, NUM_CLASSES
 from calid_lightning.metrics.dice import dice_per_class
+from calid_lightning.models.checkpoints import NamedCheckpoint
 
 
 def _batch(batch: Any) -> tuple[Tensor, Tensor]:
@@ -37,7 +37,7 @@ def _batch(batch: Any) -> tuple[Tensor, Tensor]:
     )
 
 
-class SegmenterModule(LightningModule):
+class SegmenterModule(NamedCheckpoint, LightningModule):
     """A 2D U-Net over single slices, trained with Dice + cross-entropy (MONAI ``DiceCELoss``) and AdamW.
 
     Args:
@@ -143,20 +143,6 @@ class SegmenterModule(LightningModule):
         finally:
             self.train(was_training)
         return torch.cat(outputs) if outputs else images.new_zeros((0, *images.shape[2:]), dtype=torch.long)
-
-    @classmethod
-    def load_frozen(cls, path: str | Path, map_location: Any = "cpu") -> SegmenterModule:
-        """Load a trained segmenter for evaluation: eval mode, no gradients."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"segmenter checkpoint not found: {path} (train one with "
-                "`calid fit -c experiments/segmenter.yaml -c data_modules/phantom.yaml`)"
-            )
-        model = cls.load_from_checkpoint(path, map_location=map_location)
-        model.eval()
-        model.requires_grad_(False)
-        return model
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

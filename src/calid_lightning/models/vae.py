@@ -7,7 +7,8 @@ The latent scale factor (1 / std of the training latents' posterior means) is a 
 travels in every checkpoint. :class:`LatentScaleFactor` (attached by ``configure_callbacks``) computes it
 once, at the last training batch with the final weights, averaged over DDP ranks, *before* the checkpoints
 of that step are written (Lightning runs ``ModelCheckpoint`` after every other callback). Inference never
-recomputes it: :meth:`VAEModule.load_frozen` refuses a checkpoint without it.
+recomputes it: :meth:`VAEModule.check_loaded` makes
+:func:`~calid_lightning.models.checkpoints.load_model` refuse a checkpoint without it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -24,7 +25,9 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from calid_lightning.errors import DataError
 from calid_lightning.models.attention import float32_attention
+from calid_lightning.models.checkpoints import NamedCheckpoint
 from calid_lightning.models.losses import build_perceptual_loss, kl_divergence
 
 
@@ -88,7 +91,7 @@ class LatentScaleFactor(Callback):
         self._computed = True
 
 
-class VAEModule(LightningModule):
+class VAEModule(NamedCheckpoint, LightningModule):
     """2D KL-autoencoder for single SAX slices in [0, 1]; encodes to *scaled* latents at 1/4 resolution.
 
     Args:
@@ -201,23 +204,19 @@ class VAEModule(LightningModule):
         """Deterministic reconstruction ``decode(encode(x))`` through the posterior mean."""
         return self.decode(self.encode(x))
 
-    @classmethod
-    def load_frozen(cls, path: str | Path, map_location: Any = "cpu") -> VAEModule:
-        """Load a trained VAE for use inside other models: eval mode, no gradients, scale factor required."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"VAE checkpoint not found: {path}")
-        model = cls.load_from_checkpoint(path, map_location=map_location, perceptual_weights=None)
-        if not bool(model.scale_factor_computed):
-            raise ValueError(
-                f"{path}: the latent scale_factor was never computed in this checkpoint "
-                f"(scale_factor_computed is False). It is computed once, at the end of VAE training, and is "
-                f"never recomputed at inference. Use the last.ckpt of a finished VAE run, or finish this "
-                f"one with `calid fit ... --ckpt_path {path}`."
+    load_overrides: ClassVar[dict[str, Any]] = {"perceptual_weights": None}
+    """Loaded for inference: no perceptual network (its weights may not be on this machine)."""
+
+    def check_loaded(self, path: Path) -> None:
+        """Refuse a checkpoint whose latent scale factor was never computed (inference never computes it)."""
+        if not bool(self.scale_factor_computed):
+            raise DataError(
+                path,
+                "the latent scale_factor was never computed in this checkpoint (scale_factor_computed is "
+                "False). It is computed once, at the end of VAE training, and is never recomputed at "
+                "inference. Use the last.ckpt of a finished VAE run, or finish this one with "
+                f"`calid fit ... --ckpt_path {path}`.",
             )
-        model.eval()
-        model.requires_grad_(False)
-        return model
 
     @torch.no_grad()
     def compute_scale_factor(self, dataloader: Iterable[Any], max_batches: int | None = None) -> float:

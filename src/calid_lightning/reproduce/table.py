@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calid_lightning.evaluation.table import markdown_table, mean_std
+from calid_lightning.inference.methods import METHODS, title_of
 from calid_lightning.io_safety import atomic_path, atomic_write_text
 
 
@@ -55,39 +56,9 @@ CINE_COLUMNS = (
     Column("temporal_error", "temporal err", higher_is_better=False, digits=4),
     Column("seconds_per_volume", "s/3D+t volume", higher_is_better=False, digits=3, median=True, style="g"),
 )
-METHOD_ORDER = (
-    "calid_mean",
-    "calid",
-    "calid_inflated",
-    "calid_inflated_shared",
-    "calid_inflated_mean",
-    "calid_shared",
-    "calid_sequential",
-    "pixel",
-    "lerp",
-    "slerp",
-    "linear",
-    "cubic",
-    "nearest",
-)
-METHOD_NAMES = {
-    "calid_mean": "CaLID, conditional mean",
-    "calid": "CaLID, one sample",
-    "calid_sequential": "CaLID, sequential order",
-    "calid_inflated": "CaLID 2D+T, inflated spatial model",
-    "calid_inflated_shared": "CaLID 2D+T inflated, noise shared over frames",
-    "calid_inflated_mean": "CaLID 2D+T inflated, conditional mean",
-    "calid_shared": "CaLID frame by frame, noise shared over frames",
-    "pixel": "pixel-space diffusion",
-    "lerp": "latent lerp (same VAE)",
-    "slerp": "latent slerp (same VAE)",
-    "linear": "linear in z (image)",
-    "cubic": "cubic in z (image)",
-    "nearest": "nearest slice",
-    "truth": "true slices (ceiling)",
-    "vae_truth": "VAE(true slices): latent ceiling",
-}
-CEILINGS = ("truth", "vae_truth")
+METHOD_ORDER = tuple(METHODS)
+"""Rows in the order of the method registry (ceilings last, never bold)."""
+CEILINGS = tuple(name for name, method in METHODS.items() if method.ceiling)
 FILE_PATTERN = re.compile(r"^(spatial|pixel|cine|steps(\d+))_x(\d+)_subjects\.csv$")
 
 
@@ -165,7 +136,7 @@ def markdown(summaries: Sequence[dict[str, object]], columns: Sequence[Column]) 
             text = mean_std(value, std, f".{column.digits}{column.style}")
             is_best = summary["method"] not in CEILINGS and best.get(column.field) == value
             cells.append(f"**{text}**" if is_best else text)
-        name = METHOD_NAMES.get(str(summary["method"]), str(summary["method"]))
+        name = title_of(str(summary["method"]))
         rows.append([name, summary["subjects"], *cells])
     header = ["method", "n", *(c.header for c in columns)]
     return markdown_table(header, rows, right=[False] + [True] * (len(columns) + 1))
