@@ -21,8 +21,7 @@ from torch import Tensor
 
 import calid_lightning.models.latent_interpolator as latent_interpolator
 from calid_lightning.data.config import build_datamodule, data_init_args
-from calid_lightning.evaluation.evaluate_cli import select_frames
-from calid_lightning.evaluation.heldout import evaluate_run
+from calid_lightning.evaluation.heldout import evaluate_run, select_frames
 from calid_lightning.inference.methods import MethodModels, build_method
 
 

@@ -16,7 +16,7 @@ import statistics
 import torch
 
 from calid_lightning.data.config import build_datamodule, data_init_args
-from calid_lightning.evaluation.evaluate_cli import select_frames
+from calid_lightning.evaluation.heldout import select_frames
 from calid_lightning.evaluation.metrics import METRICS, slice_heart_boxes, slice_metrics
 from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.vae import VAEModule

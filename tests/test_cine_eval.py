@@ -20,7 +20,7 @@ from calid_lightning.evaluation.cine_eval import (
     CineMethod,
     score_cines,
 )
-from calid_lightning.evaluation.evaluate_cli import subjects_path
+from calid_lightning.evaluation.records import subjects_path
 from calid_lightning.inference.baselines import ImageLinear, linear_upsample
 from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.calid_inflated import CaLIDInflated

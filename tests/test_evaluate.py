@@ -16,13 +16,15 @@ from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import heldout_plan
 from calid_lightning.data.subject import LV_CAVITY
-from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS, select_frames, subjects_path
+from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
     evaluate_method,
     evaluate_run,
     heldout_positions,
+    select_frames,
 )
+from calid_lightning.evaluation.records import subjects_path
 from calid_lightning.inference.baselines import IMAGE_BASELINES, linear_upsample
 from calid_lightning.inference.methods import CodecCeiling, build_method
 from checkpoints import save_checkpoint, tiny_vae_checkpoint

@@ -14,7 +14,7 @@ import torch
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
-from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS, subjects_path, summary_table
+from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
     SEGMENTATION_FIELDS,
@@ -22,7 +22,9 @@ from calid_lightning.evaluation.heldout import (
     evaluate_method,
     evaluate_run,
 )
+from calid_lightning.evaluation.records import subjects_path
 from calid_lightning.evaluation.segmentation import stack_volume_errors
+from calid_lightning.evaluation.table import summary_table
 from calid_lightning.inference.methods import METHODS, TrueSlices, build_method
 from calid_lightning.models.segmenter import SegmenterModule
 from checkpoints import save_checkpoint

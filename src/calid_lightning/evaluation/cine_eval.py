@@ -36,18 +36,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from calid_lightning.cli_options import add_data_arguments, add_device_argument
+from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import cine_frame_indices
 from calid_lightning.data.subject import DataError
-from calid_lightning.evaluation.evaluate_cli import (
-    build_datamodule,
-    data_init_args,
-    subjects_path,
-    summary_table,
-    write_csv,
-)
 from calid_lightning.evaluation.heldout import heldout_positions, with_sampling
 from calid_lightning.evaluation.metrics import METRICS, heart_box, slice_heart_boxes, slice_metrics
+from calid_lightning.evaluation.records import subject_row, subjects_path, write_csv
+from calid_lightning.evaluation.table import summary_table
 from calid_lightning.evaluation.temporal import plot_methods_over_time, temporal_coherence_error
 from calid_lightning.inference.methods import (
     METHODS,
@@ -61,6 +57,7 @@ from calid_lightning.inference.upsample import EngineUpsampler
 
 CINE_METRICS = (*METRICS, "temporal_error")
 RECORD_FIELDS = ("subject", "method", "factor", "z", "frames", *CINE_METRICS)
+SUBJECT_KEYS = ("subject", "method", "factor", "frames")
 SUBJECT_FIELDS = ("subject", "method", "factor", "slices", "frames", *CINE_METRICS, "seconds_per_volume")
 
 
@@ -239,15 +236,6 @@ def warm_up(
         evaluate_cine_method(name, method, prepared, kept[:2], gap, frames, steps, seed)
 
 
-def subject_rows(records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """One subject's per-slice records reduced to means (NaN-aware) plus the seconds for its 3D+t stack."""
-    row = {k: records[0][k] for k in ("subject", "method", "factor", "frames")} | {"slices": len(records)}
-    for metric in CINE_METRICS:
-        values = np.array([r[metric] for r in records], dtype=np.float64)
-        row[metric] = float("nan") if np.isnan(values).all() else float(np.nanmean(values))
-    return row | {"seconds_per_volume": seconds}
-
-
 def write_figure(
     path: str,
     prepared: PreparedSubject,
@@ -310,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                     name, method, prepared, kept, heldout, frames, args.steps, args.seed
                 )
                 records += found
-                rows.append(subject_rows(found, seconds))
+                rows.append(subject_row(found, SUBJECT_KEYS, CINE_METRICS, seconds))
                 bar.update()
             if number == 0 and args.figure:
                 drawn = {m: preds[m] for m in args.figure_methods.split(",") if m in preds} or preds

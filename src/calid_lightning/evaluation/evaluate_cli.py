@@ -25,33 +25,26 @@ ED and ES). The method ``truth`` (the true held-out slices: the segmenter's ceil
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from calid_lightning.cli_options import add_data_arguments, add_device_argument, positive_int
-
-# build_datamodule and data_init_args are also imported from here by cine_eval and reproduce.prepare.
 from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.datamodule import CardiacDataModule
-from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import DataError
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
     SEGMENTATION_FIELDS,
     SUBJECT_SEGMENTATION_FIELDS,
-    Segmenter,
     evaluate_method,
     evaluate_run,
+    select_frames,
 )
 from calid_lightning.evaluation.metrics import METRICS
-
-# summary_table is also imported from here by cine_eval.
+from calid_lightning.evaluation.records import subject_row, subjects_path, write_csv
 from calid_lightning.evaluation.table import summary_table
 from calid_lightning.inference.methods import (
     MEAN_DRAWS,
@@ -61,9 +54,11 @@ from calid_lightning.inference.methods import (
     build_method,
     checked_methods,
 )
-from calid_lightning.io_safety import atomic_path
+from calid_lightning.models.checkpoints import load_model
+from calid_lightning.models.segmenter import SegmenterModule
 
-SUBJECT_FIELDS = ("subject", "method", "factor", "slices", *METRICS, "seconds_per_volume")
+SUBJECT_KEYS = ("subject", "method", "factor")
+SUBJECT_FIELDS = (*SUBJECT_KEYS, "slices", *METRICS, "seconds_per_volume")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,29 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def select_frames(prepared: PreparedSubject, frames: str) -> list[int]:
-    """Frame indices of ``--frames``: ``ed_es``, ``ed``, ``es``, ``all`` or explicit indices (checked)."""
-    named = {
-        "all": list(range(prepared.num_frames)),
-        "ed_es": sorted({prepared.ed_frame, prepared.es_frame}),
-        "ed": [prepared.ed_frame],
-        "es": [prepared.es_frame],
-    }
-    if frames in named:
-        return named[frames]
-    try:
-        chosen = sorted({int(f) for f in frames.split(",")})
-    except ValueError:
-        expected = "expected ed_es, ed, es, all or comma-separated integers"
-        raise ValueError(f"--frames {frames!r}: {expected}") from None
-    bad = [f for f in chosen if not 0 <= f < prepared.num_frames]
-    if bad:
-        raise ValueError(
-            f"--frames {bad}: subject {prepared.subject_id} has frames 0..{prepared.num_frames - 1}"
-        )
-    return chosen
-
-
 def warm_up(
     datamodule: CardiacDataModule,
     subject_id: str,
@@ -132,38 +104,6 @@ def warm_up(
     first = select_frames(prepared, frames)[:1]
     for method, upsampler in upsamplers.items():
         evaluate_method(method, upsampler, prepared, kept, heldout, first, steps, seed)
-
-
-def load_segmenter(path: str, device: str) -> Segmenter:
-    """The frozen ``SegmenterModule`` of ``path`` on ``device``."""
-    from calid_lightning.models.checkpoints import load_model
-    from calid_lightning.models.segmenter import SegmenterModule
-
-    return load_model(path, SegmenterModule, map_location=device).to(device)
-
-
-def subject_rows(
-    records: list[dict[str, Any]], seconds: float, frames: int, summary: dict[str, float] | None = None
-) -> dict[str, Any]:
-    """One subject's per-slice records reduced to means (NaN-aware for the heart metrics), plus ``summary``
-    (the per-subject segmentation means and volume errors of :class:`~.heldout.MethodRun`)."""
-    row = {k: records[0][k] for k in ("subject", "method", "factor")} | {"slices": len(records)}
-    for metric in METRICS:
-        values = np.array([r[metric] for r in records], dtype=np.float64)
-        row[metric] = float("nan") if np.isnan(values).all() else float(np.nanmean(values))
-    return row | {"seconds_per_volume": seconds / frames} | (summary or {})
-
-
-def write_csv(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as temp, temp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def subjects_path(out: Path) -> Path:
-    """``results/x.csv`` -> ``results/x_subjects.csv``."""
-    return out.with_name(f"{out.stem}_subjects{out.suffix or '.csv'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             mean_draws=args.mean_draws,
         )
         upsamplers = {m: build_method(m, models) for m in methods}
-        segmenter = load_segmenter(args.segmenter, args.device) if args.segmenter else None
+        segmenter = (
+            load_model(args.segmenter, SegmenterModule, map_location=args.device).to(args.device)
+            if args.segmenter
+            else None
+        )
         records: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         if args.warmup and subjects:
@@ -207,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     segmenter=segmenter,
                 )
                 records += run.records
-                rows.append(subject_rows(run.records, run.seconds, len(frames), run.summary))
+                seconds = run.seconds / len(frames)
+                rows.append(subject_row(run.records, SUBJECT_KEYS, METRICS, seconds, run.summary))
                 bar.update()
         bar.close()
     except (DataError, ValueError) as exc:

@@ -68,6 +68,29 @@ class MethodRun:
     summary: dict[str, float]
 
 
+def select_frames(prepared: PreparedSubject, frames: str) -> list[int]:
+    """Frame indices of ``--frames``: ``ed_es``, ``ed``, ``es``, ``all`` or explicit indices (checked)."""
+    named = {
+        "all": list(range(prepared.num_frames)),
+        "ed_es": sorted({prepared.ed_frame, prepared.es_frame}),
+        "ed": [prepared.ed_frame],
+        "es": [prepared.es_frame],
+    }
+    if frames in named:
+        return named[frames]
+    try:
+        chosen = sorted({int(f) for f in frames.split(",")})
+    except ValueError:
+        expected = "expected ed_es, ed, es, all or comma-separated integers"
+        raise ValueError(f"--frames {frames!r}: {expected}") from None
+    bad = [f for f in chosen if not 0 <= f < prepared.num_frames]
+    if bad:
+        raise ValueError(
+            f"--frames {bad}: subject {prepared.subject_id} has frames 0..{prepared.num_frames - 1}"
+        )
+    return chosen
+
+
 def heldout_positions(kept: Sequence[int], heldout: Sequence[int]) -> tuple[int, list[float]]:
     """``(factor, positions)``: the gap of the evenly spaced ``kept`` slices and the held-out positions.
 

@@ -19,8 +19,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.subject import DataError
-from calid_lightning.evaluation.evaluate_cli import build_datamodule, data_init_args
 
 
 def _generate_one(seed: int, index: int, options: dict[str, Any]) -> Any:
