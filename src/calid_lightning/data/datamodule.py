@@ -27,7 +27,12 @@ from calid_lightning.data.datasets import (
     segment_frames,
     task_frames,
 )
-from calid_lightning.data.preprocess import PreparedSubject, prepare_subject
+from calid_lightning.data.preprocess import (
+    DEFAULT_PERCENTILES,
+    PreparedSubject,
+    check_percentiles,
+    prepare_subject,
+)
 from calid_lightning.data.sampling import (
     Example,
     cap_examples,
@@ -43,7 +48,7 @@ from calid_lightning.fault_tolerance import ResumableDataLoader
 log = logging.getLogger(__name__)
 STACKS = ("auto", "acquired", "dense")
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1  # bump when preprocessing changes, so disk caches of older preparations are not reused
+CACHE_VERSION = 2  # bump when preprocessing changes, so disk caches of older preparations are not reused
 
 
 class SubjectLoader:
@@ -122,7 +127,9 @@ class CardiacDataModule(LightningDataModule):
         pin_memory: pin batches (null: when CUDA is available).
         cache_dir: keep prepared subjects on disk here (keyed by the preprocessing settings).
         cache_subjects: prepared subjects kept in memory per process.
-        intensity_percentiles: subject percentiles mapped to 0 and 1.
+        intensity_percentiles: subject percentiles mapped to 0 and 1 (over all voxels of the resampled
+            stack). Saved in every checkpoint (``datamodule_hyper_parameters``), so ``calid upsample``
+            normalises its input the same way.
         lenient: log and skip subjects whose files are bad instead of failing.
         max_eval_examples: cap on val/test examples (an even, deterministic subset).
     """
@@ -153,7 +160,7 @@ class CardiacDataModule(LightningDataModule):
         pin_memory: bool | None = None,
         cache_dir: str | None = None,
         cache_subjects: int = 32,
-        intensity_percentiles: tuple[float, float] = (1.0, 99.5),
+        intensity_percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
         lenient: bool = False,
         max_eval_examples: int | None = None,
     ) -> None:
@@ -186,7 +193,7 @@ class CardiacDataModule(LightningDataModule):
             stack,
             crop_size,
             pixel_spacing,
-            tuple(intensity_percentiles),
+            check_percentiles(intensity_percentiles),
         )
         cache_key = {k: v for k, v in self.hparams.items() if k in _CACHE_FIELDS}
         cache_key.update(root=str(Path(root).resolve()), version=CACHE_VERSION)

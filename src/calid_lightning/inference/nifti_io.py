@@ -1,11 +1,11 @@
 """NIfTI in, NIfTI out: a sparse short-axis stack for the upsampler, the dense result with correct geometry.
 
 Reading reuses the readers' validation (:func:`calid_lightning.data.readers.nifti.load_image`) and the
-training intensity normalisation (subject percentiles -> [0, 1], clipped), keeping the two percentile values
-so generated slices can be mapped back to the input's intensity scale. Writing keeps orientation and origin:
-the slice (third) column of the affine is scaled by ``new_dz / dz``, so output slice 0 lies where input
-slice 0 lay and output slice ``K * j`` where input slice ``j`` lay. Voxels of acquired slices are the
-input values exactly (float32 output).
+training intensity normalisation (:func:`calid_lightning.data.preprocess.intensity_range`: subject
+percentiles -> [0, 1], clipped), keeping the two intensity values so generated slices can be mapped back to
+the input's intensity scale. Writing keeps orientation and origin: the slice (third) column of the affine is
+scaled by ``new_dz / dz``, so output slice 0 lies where input slice 0 lay and output slice ``K * j`` where
+input slice ``j`` lay. Voxels of acquired slices are the input values exactly (float32 output).
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from calid_lightning.data.preprocess import (
+    DEFAULT_PERCENTILES,
+    intensity_range,
+    scale_intensity,
+)
 from calid_lightning.data.readers.nifti import check_affine, load_image
 from calid_lightning.data.subject import DataError
 from calid_lightning.inference.upsample import split_positions
 from calid_lightning.io_safety import atomic_save
-
-PERCENTILES = (1.0, 99.5)
-"""The training normalisation (``calid_lightning.data.preprocess.normalise_intensity``)."""
 
 
 @dataclass
@@ -62,18 +64,11 @@ class SparseStack:
         return (self.low + normalised.astype(np.float64) * (self.high - self.low)).astype(np.float32)
 
 
-def percentile_range(values: np.ndarray, path: Path, percentiles: tuple[float, float] = PERCENTILES) -> tuple:
-    """The intensities mapped to 0 and 1; falls back to min/max when the percentiles coincide."""
-    low, high = (float(v) for v in np.percentile(values, percentiles))
-    if high <= low:
-        low, high = float(values.min()), float(values.max())
-    if high <= low:
-        raise DataError(path, f"constant intensity {low}: nothing to normalise or interpolate")
-    return low, high
-
-
-def read_sparse_stack(path: str | Path, percentiles: tuple[float, float] = PERCENTILES) -> SparseStack:
-    """Read a 3D ``(X, Y, Z)`` or 4D ``(X, Y, Z, T)`` NIfTI stack and normalise it like the training data.
+def read_sparse_stack(
+    path: str | Path, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+) -> SparseStack:
+    """Read a 3D ``(X, Y, Z)`` or 4D ``(X, Y, Z, T)`` NIfTI stack and normalise it like the training data
+    (``percentiles``: those the model was trained with).
 
     Raises :class:`DataError` naming the file for non-NIfTI input, 2D/5D images, fewer than 2 slices,
     NaN/Inf voxels, all-zero or constant volumes, and a singular or sheared affine (checked before any
@@ -82,8 +77,10 @@ def read_sparse_stack(path: str | Path, percentiles: tuple[float, float] = PERCE
     volume = load_image(path, ndims=(3, 4))
     check_affine(volume.path, volume.affine)
     values = volume.array if volume.array.ndim == 4 else volume.array[..., None]
-    low, high = percentile_range(values, volume.path, percentiles)
-    normalised = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    low, high = intensity_range(values, percentiles)
+    if high <= low:
+        raise DataError(volume.path, f"constant intensity {low}: nothing to normalise or interpolate")
+    normalised = scale_intensity(values, low, high)
     stack = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 3, 0, 1)))[:, :, None]
     header = nib.load(str(volume.path)).header.copy()
     return SparseStack(
