@@ -2,7 +2,8 @@
 
 Reading reuses the readers' validation (:func:`calid_lightning.data.readers.nifti.load_image`) and the
 training intensity normalisation (:func:`calid_lightning.data.preprocess.intensity_range`: subject
-percentiles -> [0, 1], clipped), keeping the two intensity values so generated slices can be mapped back to
+percentiles -> [0, 1], clipped) with the percentiles the model's checkpoint records
+(:func:`trained_preprocessing`), keeping the two intensity values so generated slices can be mapped back to
 the input's intensity scale. Writing keeps orientation and origin: the slice (third) column of the affine is
 scaled by ``new_dz / dz``, so output slice 0 lies where input slice 0 lay and output slice ``K * j`` where
 input slice ``j`` lay. Voxels of acquired slices are the input values exactly (float32 output).
@@ -10,7 +11,7 @@ input slice ``j`` lay. Voxels of acquired slices are the input values exactly (f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from calid_lightning.checkpoint_file import read_checkpoint
 from calid_lightning.data.preprocess import (
     DEFAULT_PERCENTILES,
+    check_percentiles,
     intensity_range,
     scale_intensity,
 )
@@ -28,6 +31,12 @@ from calid_lightning.data.readers.nifti import check_affine, load_image
 from calid_lightning.data.subject import DataError
 from calid_lightning.inference.upsample import split_positions
 from calid_lightning.io_safety import atomic_save
+
+DATAMODULE_HPARAMS = "datamodule_hyper_parameters"
+"""Where Lightning saves the data module's ``save_hyperparameters`` in every checkpoint a Trainer writes."""
+SPACING_TOLERANCE = 0.1
+"""Relative in-plane spacing difference from the model's ``data.pixel_spacing`` that ``calid upsample``
+warns about (it does not resample in-plane, so the anatomy would be at another scale than in training)."""
 
 
 @dataclass
@@ -64,11 +73,80 @@ class SparseStack:
         return (self.low + normalised.astype(np.float64) * (self.high - self.low)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class TrainedPreprocessing:
+    """What of a model's training preprocessing the input must match, read from its checkpoint.
+
+    ``percentiles`` normalise the input (``data.intensity_percentiles`` of the data module the model was
+    trained with); ``pixel_spacing`` is the in-plane spacing the training data were resampled to (None: kept
+    as acquired). ``recorded`` is False for a checkpoint without its data module's hyperparameters (saved
+    outside a Trainer): the defaults then apply, and :meth:`warnings` says so.
+    """
+
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    pixel_spacing: float | None = None
+    recorded: bool = False
+    checkpoint: Path | None = None
+
+    def warnings(self, sparse: SparseStack) -> list[str]:
+        """One line per disagreement of the input or the checkpoint with the training data (may be empty)."""
+        notes = []
+        if self.checkpoint is not None and not self.recorded:
+            notes.append(
+                f"{self.checkpoint}: records no {DATAMODULE_HPARAMS}.intensity_percentiles (saved "
+                f"without its data module); normalising with the default {list(self.percentiles)}"
+            )
+        spacing = self.pixel_spacing
+        if spacing is not None and any(abs(d / spacing - 1) > SPACING_TOLERANCE for d in sparse.spacing[:2]):
+            dx, dy = sparse.spacing[:2]
+            notes.append(
+                f"{sparse.path}: in-plane spacing {dx:g} x {dy:g} mm, but the model was trained on "
+                f"{spacing:g} mm pixels (data.pixel_spacing) and calid upsample does not resample in-plane; "
+                f"resample the input to {spacing:g} mm for results like the training data's"
+            )
+        return notes
+
+
+def trained_preprocessing(path: str | Path) -> TrainedPreprocessing:
+    """The preprocessing recorded in the checkpoint at ``path`` by its Trainer (its data module's settings).
+
+    For a CaLID model that is the interpolator's data module, not the embedded VAE's: the interpolator was
+    trained on (and its VAE encoded) images normalised that way. A checkpoint without the record gets the
+    defaults (``recorded`` False). Raises :class:`DataError` naming the file and field for an invalid record.
+    """
+    path = Path(path)
+    data = read_checkpoint(path).get(DATAMODULE_HPARAMS)
+    if data is None:
+        return TrainedPreprocessing(checkpoint=path)
+    if not isinstance(data, Mapping):
+        raise DataError(
+            path,
+            f"{DATAMODULE_HPARAMS} is a {type(data).__name__}, expected the data module's settings (a dict)",
+        )
+    field = f"{DATAMODULE_HPARAMS}.intensity_percentiles"
+    try:
+        percentiles = check_percentiles(data.get("intensity_percentiles", DEFAULT_PERCENTILES), field)
+    except ValueError as error:
+        raise DataError(path, str(error)) from None
+    spacing = data.get("pixel_spacing")
+    if spacing is not None and (not isinstance(spacing, int | float) or spacing <= 0):
+        raise DataError(
+            path,
+            f"{DATAMODULE_HPARAMS}.pixel_spacing must be a positive number of mm or null; got {spacing!r}",
+        )
+    return TrainedPreprocessing(
+        percentiles=percentiles,
+        pixel_spacing=None if spacing is None else float(spacing),
+        recorded="intensity_percentiles" in data,
+        checkpoint=path,
+    )
+
+
 def read_sparse_stack(
     path: str | Path, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
 ) -> SparseStack:
     """Read a 3D ``(X, Y, Z)`` or 4D ``(X, Y, Z, T)`` NIfTI stack and normalise it like the training data
-    (``percentiles``: those the model was trained with).
+    (``percentiles``: those the model was trained with, :attr:`TrainedPreprocessing.percentiles`).
 
     Raises :class:`DataError` naming the file for non-NIfTI input, 2D/5D images, fewer than 2 slices,
     NaN/Inf voxels, all-zero or constant volumes, and a singular or sheared affine (checked before any

@@ -37,9 +37,11 @@ from calid_lightning.data.subject import DataError
 from calid_lightning.inference.interpolator import ConditionalMean, SliceInterpolator
 from calid_lightning.inference.methods import methods_of
 from calid_lightning.inference.nifti_io import (
+    TrainedPreprocessing,
     frames_from_cine,
     read_sparse_stack,
     std_path,
+    trained_preprocessing,
     write_dense_stack,
     write_std_map,
 )
@@ -224,7 +226,9 @@ def _run(argv: list[str] | None) -> int:
     if args.checkpoint and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint {args.checkpoint}: file not found")
     try:
-        sparse = read_sparse_stack(args.input)
+        calid = args.method == "calid"
+        preprocessing = trained_preprocessing(args.checkpoint) if calid else TrainedPreprocessing()
+        sparse = read_sparse_stack(args.input, preprocessing.percentiles)
         positions, new_dz = _grid(parser, args, sparse.num_slices, sparse.spacing[2])
         try:
             _check_outputs(args, sparse, len(positions))
@@ -232,6 +236,8 @@ def _run(argv: list[str] | None) -> int:
             parser.error(f"--output {exc}")
         start = time.perf_counter()
         interpolator = _interpolator(args)
+        for warning in preprocessing.warnings(sparse):  # once the checkpoint is known to be a model
+            print(f"calid upsample: warning: {warning}", file=sys.stderr)
         cine = getattr(interpolator, "task", None) == "cine"
         stack = sparse.cine_stack if cine else sparse.stack
         files = 2 if args.samples > 1 else 1
