@@ -5,7 +5,8 @@ slice; the dropped dense slices between the first and last kept slice are predic
 slice, by linear interpolation of the one-hot labels along z (then argmax; for two slices this picks the
 nearer one, so it equals nearest up to ties) and by linear interpolation of per-class signed distance
 maps (shape-based interpolation, the stronger classical baseline), at ED and ES. Prints the mean Dice per
-class on the dropped slices only. DATA.md: too easy if linear myocardium Dice >= 0.95.
+class on the dropped slices only (the project's Dice, ``metrics.dice.dice_per_class``, of all dropped slices
+of a frame as one volume), as a Markdown table. DATA.md: too easy if linear myocardium Dice >= 0.95.
 
     .venv/bin/python benchmarks/phantom_difficulty.py [--subjects 10 --seed 9999 --factor 4 --size 128]
         [--preview /tmp/phantom_preview.png]   # also draw the first subject: slices at ED/ES, through-plane
@@ -16,10 +17,13 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 from scipy.ndimage import distance_transform_edt
 
 from calid_lightning.data.phantom import PhantomConfig, generate_subject, subject_seed
-from calid_lightning.data.subject import LABEL_NAMES
+from calid_lightning.data.subject import CLASS_KEYS, NUM_CLASSES
+from calid_lightning.evaluation.table import markdown_table
+from calid_lightning.metrics.dice import dice_per_class
 
 
 def reconstruct(labels: np.ndarray, kept: np.ndarray, method: str) -> np.ndarray:
@@ -31,12 +35,12 @@ def reconstruct(labels: np.ndarray, kept: np.ndarray, method: str) -> np.ndarray
     if method == "nearest":
         return np.where(r < 0.5, labels[:, :, kept[lo]], labels[:, :, kept[hi]])
     if method == "linear":
-        onehot = np.stack([labels == c for c in range(4)], axis=0).astype(np.float32)
+        onehot = np.stack([labels == c for c in range(NUM_CLASSES)], axis=0).astype(np.float32)
         blend = (1 - r) * onehot[..., kept[lo]] + r * onehot[..., kept[hi]]
         return np.argmax(blend, axis=0).astype(labels.dtype)
     sdf = np.zeros((3, *labels.shape[:2], len(labels[0, 0])), np.float32)
     for k in kept:
-        for i, c in enumerate(LABEL_NAMES):
+        for i, c in enumerate(CLASS_KEYS):
             mask = labels[:, :, k] == c
             if mask.any():
                 sdf[i, :, :, k] = distance_transform_edt(~mask) - distance_transform_edt(mask)
@@ -44,14 +48,16 @@ def reconstruct(labels: np.ndarray, kept: np.ndarray, method: str) -> np.ndarray
                 sdf[i, :, :, k] = 1e3
     blend = (1 - r) * sdf[..., kept[lo]] + r * sdf[..., kept[hi]]
     best = np.argmin(blend, axis=0)
-    return np.where(np.min(blend, axis=0) < 0, np.array(list(LABEL_NAMES))[best], 0).astype(labels.dtype)
+    return np.where(np.min(blend, axis=0) < 0, np.array(list(CLASS_KEYS))[best], 0).astype(labels.dtype)
 
 
-def dice(a: np.ndarray, b: np.ndarray, c: int) -> float:
-    """Dice of class ``c``; 1 when both are empty."""
-    x, y = a == c, b == c
-    denom = x.sum() + y.sum()
-    return 1.0 if denom == 0 else float(2 * np.logical_and(x, y).sum() / denom)
+def volume_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Dice of each heart class (``CLASS_KEYS`` order) of the label volumes ``(X, Y, Z)`` as one set each.
+
+    NaN for a class neither volume has (nothing to score; left out of the means).
+    """
+    volumes = [torch.from_numpy(v.astype(np.int64).reshape(1, v.shape[0], -1)) for v in (pred, truth)]
+    return dice_per_class(*volumes, NUM_CLASSES)[0, list(CLASS_KEYS)].numpy()
 
 
 def preview(subject, path: str) -> None:
@@ -101,7 +107,7 @@ def main() -> None:
         pathologies=tuple(args.pathologies.split(",")),
         snr=None,
     )
-    scores: dict[str, list[list[float]]] = {"nearest": [], "linear": [], "sdf": []}
+    scores: dict[str, list[np.ndarray]] = {"nearest": [], "linear": [], "sdf": []}
     for i in range(1, args.subjects + 1):
         subject = generate_subject(subject_seed(args.seed, i), config)
         if i == 1 and args.preview:
@@ -114,13 +120,12 @@ def main() -> None:
             truth = subject.labels[:, :, z, frame][:, :, dropped]
             for method in scores:
                 pred = reconstruct(subject.labels[..., frame], kept, method)[:, :, dropped]
-                scores[method].append([dice(pred, truth, c) for c in LABEL_NAMES])
+                scores[method].append(volume_dice(pred, truth))
     gap = args.factor * config.dense_spacing
     print(f"{args.subjects} held-out subjects (seed {args.seed}), gap {gap:g} mm, ED+ES, dropped slices only")
-    print("method   " + "  ".join(f"{LABEL_NAMES[c]:>10}" for c in LABEL_NAMES))
-    for method, rows in scores.items():
-        mean = np.mean(rows, axis=0)
-        print(f"{method:8} " + "  ".join(f"{m:10.3f}" for m in mean))
+    rows = [[method, *(f"{m:.3f}" for m in np.nanmean(dice, axis=0))] for method, dice in scores.items()]
+    header = ["method", *(f"Dice {key}" for key in CLASS_KEYS.values())]
+    print(markdown_table(header, rows, right=[False] + [True] * len(CLASS_KEYS)))
 
 
 if __name__ == "__main__":
