@@ -67,8 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_init_args(path: str | Path) -> dict[str, Any]:
-    """``model.init_args`` of an experiment YAML as a plain dict."""
-    config = OmegaConf.load(path)
+    """``model.init_args`` of an experiment YAML (its ``defaults`` composed) as a plain dict."""
+    from calid_lightning.experiment_config import compose
+
+    config = OmegaConf.create(compose(path))
     init = OmegaConf.select(config, "model.init_args")
     if init is None:
         raise ValueError(f"{path}: no model.init_args section (expected an experiment config)")

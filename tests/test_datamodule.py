@@ -327,24 +327,15 @@ DATA_CONFIGS = sorted(Path(__file__).parents[1].joinpath("data_modules").glob("*
 
 
 def parse_cli(configs: list[str], overrides: tuple[str, ...] = ()) -> CardiacDataModule:
-    """Instantiate the DataModule the way ``calid fit -c A -c B`` does (LightningCLI, omegaconf mode)."""
+    """Instantiate the DataModule the way ``calid fit -c A -c B`` does (calid's LightningCLI, defaults
+    composed)."""
     from unittest import mock
 
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from calid_lightning.cli import calid_cli
 
     args = [arg for config in configs for arg in ("-c", config)] + list(overrides)
     with mock.patch("sys.argv", ["calid"]):
-        return LightningCLI(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            parser_kwargs={"parser_mode": "omegaconf"},
-            seed_everything_default=7,
-            run=False,
-            args=args,
-        ).datamodule
+        return calid_cli(args, seed_everything_default=7, run=False).datamodule
 
 
 def test_all_data_configs_instantiate():

@@ -28,11 +28,13 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
+from calid_lightning.experiment_config import merge_configs, resolve_all
 from calid_lightning.fault_tolerance import (
     FiniteLossGuard,
     NonFiniteLossError,
     ResumableDataLoader,
     RNGStateCheckpoint,
+    StepModelCheckpoint,
     main,
     resume_checkpoint,
     run_root,
@@ -198,8 +200,10 @@ def test_rng_state_round_trip_covers_torch_numpy_python() -> None:
 
 
 # ---- experiment configs ------------------------------------------------------------------------------------
-def _callbacks(path: Path) -> list[dict]:
-    return yaml.safe_load(path.read_text())["trainer"]["callbacks"]
+COMBINATIONS = [[p] for p in EXPERIMENTS] + [
+    [REPO / "experiments" / p.name, p] for p in sorted(PAPER.glob("*.yaml"))
+]
+"""Every experiment config alone (quick) and with its paper profile on top."""
 
 
 def _build(callback: dict) -> Any:
@@ -207,30 +211,28 @@ def _build(callback: dict) -> Any:
     return getattr(importlib.import_module(module), name)(**(callback.get("init_args") or {}))
 
 
-@pytest.mark.parametrize(
-    "path",
-    EXPERIMENTS + sorted(PAPER.glob("*.yaml")),
-    ids=lambda p: str(p.relative_to(REPO / "experiments")),
-)
-def test_experiment_configs_checkpoint_with_rotation_and_guard(path: Path) -> None:
-    callbacks = _callbacks(path)
+@pytest.mark.parametrize("configs", COMBINATIONS, ids=lambda c: str(c[-1].relative_to(REPO / "experiments")))
+def test_experiment_configs_checkpoint_with_rotation_and_guard(configs: list[Path]) -> None:
+    merged = merge_configs(configs)
+    config = resolve_all(merged)
+    callbacks = config["trainer"]["callbacks"]
     built = [_build(c) for c in callbacks]
     assert any(isinstance(c, FiniteLossGuard) for c in built)
     assert any(isinstance(c, RNGStateCheckpoint) for c in built)
     checkpoints = [c for c in built if isinstance(c, ModelCheckpoint)]
-    raw = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    raw = [
+        c["init_args"] for c in merged["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")
+    ]
     assert {c["dirpath"] for c in raw} == {"${trainer.default_root_dir}/checkpoints"}  # one root moves them
-    assert sum(bool(c.save_last) for c in checkpoints) == 1  # one writer of last.ckpt
-    assert isinstance(built[-1], ModelCheckpoint) and built[-1].save_last
-    periodic = built[-1]
+    writers = [c for c in checkpoints if c.save_last]
+    assert len(writers) == 1  # one writer of last.ckpt
+    periodic = writers[0]
+    assert isinstance(periodic, StepModelCheckpoint)
     assert periodic._every_n_train_steps > 0 and periodic.monitor == "step" and periodic.mode == "max"
     assert periodic.save_top_k == 3
     patterns = [(c.dirpath, c.filename) for c in checkpoints]
     assert len(set(patterns)) == len(patterns)  # no two callbacks write the same file names
-    trainer = yaml.safe_load(path.read_text())["trainer"]
-    quick = yaml.safe_load((REPO / "experiments" / path.name).read_text())["trainer"]
-    max_steps = trainer.get("max_steps", quick["max_steps"])
-    assert max_steps % periodic._every_n_train_steps == 0  # the final step is saved as last.ckpt
+    assert config["trainer"]["max_steps"] % periodic._every_n_train_steps == 0  # the final step is last.ckpt
 
 
 # ---- resume-path helper (scripts/slurm/train.sbatch) -------------------------------------------------------

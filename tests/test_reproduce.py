@@ -12,7 +12,7 @@ import yaml
 
 from calid_lightning.reproduce.profile import ProfileError, load_profile
 from calid_lightning.reproduce.runner import StageRunner, stage_keys, topological_order
-from calid_lightning.reproduce.stages import Stage, last_checkpoint, plan, training_overrides
+from calid_lightning.reproduce.stages import Stage, last_checkpoint, plan, training_overrides, training_stages
 from calid_lightning.reproduce.table import build_table, write_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,44 +165,56 @@ def test_training_stage_resumes_or_starts_clean(tmp_path: Path, fake_module: str
 
 
 def test_training_overrides_set_the_root_and_name_the_wandb_run(tmp_path: Path) -> None:
-    root = "${trainer.default_root_dir}"
     merged = {
-        "trainer": {
-            "default_root_dir": "runs/x/quick",
-            "logger": [
-                {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"save_dir": root}},
-                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root}},
-            ],
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": f"{root}/checkpoints"},
-                },
-            ],
-        },
+        "trainer": {"default_root_dir": "runs/${run.stage}/${run.profile}"},
         "model": {"init_args": {"vae_checkpoint": "runs/vae/quick/checkpoints/last.ckpt", "lr": 1.0}},
     }
     run_dir = tmp_path / "calid_spatial"
     out = training_overrides(merged, "calid_spatial", run_dir, "quick", tmp_path / "vae.ckpt")
-    assert out["trainer"]["default_root_dir"] == str(run_dir) and "callbacks" not in out["trainer"]
-    wandb, csv_logger = out["trainer"]["logger"]
-    assert wandb["init_args"] == {
-        "save_dir": root,
-        "name": "calid_spatial-table-quick",
-        "group": "calid_spatial",
-        "job_type": "table-quick",
-    }
-    assert csv_logger == merged["trainer"]["logger"][1]
+    assert out["trainer"] == {"default_root_dir": str(run_dir)}  # logger and checkpoint paths derive from it
+    assert out["run"] == {"stage": "calid_spatial", "profile": "table-quick"}  # W&B calid_spatial-table-quick
     assert out["model"] == {"init_args": {"vae_checkpoint": str(tmp_path / "vae.ckpt")}}
-    assert "name" not in merged["trainer"]["logger"][0]["init_args"]  # input untouched
     no_vae = training_overrides({"trainer": {"logger": False}}, "segmenter", run_dir, "quick", None)
-    assert no_vae == {"trainer": {"default_root_dir": str(run_dir)}}
+    assert no_vae == {
+        "trainer": {"default_root_dir": str(run_dir)},
+        "run": {"stage": "segmenter", "profile": "table-quick"},
+    }
     inflated = {
         "model": {"init_args": {"spatial_checkpoint": "runs/calid_spatial/quick/checkpoints/last.ckpt"}}
     }
     spatial = tmp_path / "calid_spatial" / "last.ckpt"
     out = training_overrides(inflated, "calid_inflated", run_dir, "quick", None, spatial)
     assert out["model"] == {"init_args": {"spatial_checkpoint": str(spatial)}}
+
+
+def test_training_stage_key_follows_the_composed_configs_not_their_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A comment or a setting moved into a shared file keeps the stage cached; a changed value does not."""
+    experiments = tmp_path / "experiments"
+    (experiments / "shared").mkdir(parents=True)
+    (experiments / "shared" / "base.yaml").write_text("trainer:\n  max_steps: 4\n  log_every_n_steps: 2\n")
+    config = experiments / "vae.yaml"
+    config.write_text("defaults: [shared/base.yaml]\nrun: {stage: vae}\n")
+    data = tmp_path / "data.yaml"
+    data.write_text("data: {init_args: {layout: phantom}}\n")
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(
+        f"name: q\ndata: {data}\nevaluate: {{factors: [4]}}\ntrain: {{vae: {{config: {config}}}}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+
+    def key() -> str:
+        return stage_keys(training_stages(load_profile(profile), tmp_path / "runs"))["vae"]
+
+    before = key()
+    config.write_text("# the VAE\ndefaults: [shared/base.yaml]\nrun:\n  stage: vae  # its root\n")
+    assert key() == before
+    (experiments / "shared" / "base.yaml").write_text("trainer: {max_steps: 4}\n")
+    config.write_text("defaults: [shared/base.yaml]\nrun: {stage: vae}\ntrainer: {log_every_n_steps: 2}\n")
+    assert key() == before
+    (experiments / "shared" / "base.yaml").write_text("trainer: {max_steps: 8}\n")
+    assert key() != before
 
 
 def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

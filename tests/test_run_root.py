@@ -49,4 +49,5 @@ def test_default_root_dir_holds_every_file_of_the_run(tmp_path: Path) -> None:
     assert list((root / "wandb").glob("offline-run-*/run-*.wandb"))
     resolved = yaml.safe_load((root / "config.yaml").read_text())["trainer"]
     assert resolved["default_root_dir"] == str(root)
-    assert resolved["callbacks"][-1]["init_args"]["dirpath"] == f"{root}/checkpoints"
+    checkpoints = [c["init_args"] for c in resolved["callbacks"] if "dirpath" in (c.get("init_args") or {})]
+    assert checkpoints and {c["dirpath"] for c in checkpoints} == {f"{root}/checkpoints"}

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from calid_lightning.errors import DataError
+from calid_lightning.experiment_config import compose
 from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.vae import VAEModule
 
@@ -210,8 +210,8 @@ def test_adversarial_bf16_mixed_with_clipping_runs() -> None:
 
 
 def test_experiment_configs_build_the_model() -> None:
-    quick = yaml.safe_load((REPO / "experiments/vae.yaml").read_text())
-    paper = yaml.safe_load((REPO / "experiments/profiles/paper/vae.yaml").read_text())
+    quick = compose(REPO / "experiments/vae.yaml")
+    paper = compose(REPO / "experiments/profiles/paper/vae.yaml")
     assert quick["model"]["class_path"] == "calid_lightning.models.vae.VAEModule"
     model = VAEModule(**quick["model"]["init_args"])
     assert model.downsample_factor == 4 and model.discriminator is None

@@ -1,9 +1,11 @@
 """The ``calid`` command: LightningCLI subcommands plus the framework's own tools.
 
 ``calid fit|validate|test|predict -c experiments/X.yaml -c data_modules/Y.yaml [--overrides]`` go to
-LightningCLI with OmegaConf interpolation resolved on the merged config (every file and override), so the
-configs' ``${trainer.default_root_dir}`` paths follow ``--trainer.default_root_dir DIR``. The other
-subcommands are small argparse programs that live next to what they drive; each exposes ``main(argv) -> int``.
+LightningCLI with each config's ``defaults`` composed first (:mod:`calid_lightning.experiment_config`) and
+OmegaConf interpolation resolved on the merged config (every file and override), so the configs'
+``${trainer.default_root_dir}`` paths follow ``--trainer.default_root_dir DIR`` and their names follow the
+``run`` group (``--run.profile``). The other subcommands are small argparse programs that live next to what
+they drive; each exposes ``main(argv) -> int``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any
 
 TOOLS: dict[str, str] = {
     "phantom": "calid_lightning.data.phantom.cli",
@@ -26,26 +29,31 @@ TOOLS: dict[str, str] = {
 DEFAULT_DATAMODULE = "calid_lightning.data.datamodule.CardiacDataModule"
 
 
-def run_lightning_cli(args: list[str] | None) -> None:
-    """Run LightningCLI with the module and DataModule that the configs name by ``class_path``.
+def add_calid_arguments(parser: Any) -> None:
+    """What ``calid`` adds to each LightningCLI subcommand parser: the default DataModule class and the
+    ``run`` group the configs interpolate (:class:`~calid_lightning.experiment_config.RunConfig`)."""
+    from calid_lightning.experiment_config import RunConfig
 
-    ``args=None`` lets LightningCLI read ``sys.argv`` itself (the console script); a list runs in-process.
+    parser.set_defaults({"data": {"class_path": DEFAULT_DATAMODULE}})
+    parser.add_class_arguments(RunConfig, "run")
 
-    The DataModule class defaults to :data:`DEFAULT_DATAMODULE`, so an experiment config may set
-    ``data.init_args`` (task, crop size) before or after the data-source config without naming the class.
-    ``fit`` refuses to start a new run into a checkpoint folder that holds checkpoints
+
+def calid_cli(args: list[str] | None, **kwargs: Any) -> Any:
+    """Build calid's LightningCLI on ``args`` (None: ``sys.argv``); ``kwargs`` go to LightningCLI
+    (``run=False`` only parses and instantiates: tests and tools read ``.model`` / ``.datamodule``).
+
+    Every ``-c`` file with a ``defaults`` list is composed first
+    (:func:`~calid_lightning.experiment_config.expand_config_args`), the parser gets
+    :func:`add_calid_arguments`, and ``${...}`` is resolved once, on the merged config (``parser_mode``
+    ``omegaconf+``). ``fit`` refuses to start a new run into a checkpoint folder that holds checkpoints
     (:func:`~calid_lightning.fault_tolerance.check_new_run`).
-    W&B runs offline when no credentials are present (:func:`~calid_lightning.tracking.ensure_wandb_mode`),
-    and the resolved config goes to every logger (:class:`~calid_lightning.tracking.LoggedConfigCallback`).
     """
     from jsonargparse import set_parsing_settings
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    from calid_lightning.tracking import LoggedConfigCallback, ensure_wandb_mode
+    from calid_lightning.experiment_config import expand_config_args
 
-    ensure_wandb_mode(announce=rank_zero_only.rank == 0)
     # "omegaconf+" resolves ${...} once, after all -c files and overrides are merged ("omegaconf" resolves
     # each file alone, so a later --trainer.default_root_dir would not move the paths); a config's absolute
     # ${trainer.default_root_dir} is made relative to where it stands, as under the fit/validate subcommand.
@@ -53,7 +61,11 @@ def run_lightning_cli(args: list[str] | None) -> None:
 
     class CalidCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
-            parser.set_defaults({"data": {"class_path": DEFAULT_DATAMODULE}})
+            add_calid_arguments(parser)
+
+        def parse_arguments(self, parser, args) -> None:
+            """Parse ``args`` (None: ``sys.argv``) with every ``-c`` file's ``defaults`` composed first."""
+            self.config = parser.parse_args(expand_config_args(sys.argv[1:] if args is None else args))
 
         def before_fit(self) -> None:
             """A new run never starts into another run's checkpoint folder (resume with --ckpt_path last)."""
@@ -61,16 +73,30 @@ def run_lightning_cli(args: list[str] | None) -> None:
 
             check_new_run(self.trainer, self.config[self.subcommand].get("ckpt_path"))
 
-    CalidCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        save_config_callback=LoggedConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    options = {
+        "subclass_mode_model": True,
+        "subclass_mode_data": True,
+        "parser_kwargs": {"parser_mode": "omegaconf+"},
+        "save_config_callback": None,
+    }
+    return CalidCLI(LightningModule, LightningDataModule, **(options | kwargs), args=args)
+
+
+def run_lightning_cli(args: list[str] | None) -> None:
+    """Run calid's LightningCLI (:func:`calid_cli`) with the module and DataModule that the configs name by
+    ``class_path``; ``args=None`` reads ``sys.argv`` (the console script), a list runs in-process.
+
+    The DataModule class defaults to :data:`DEFAULT_DATAMODULE`, so an experiment config may set
+    ``data.init_args`` (task, crop size) before or after the data-source config without naming the class.
+    W&B runs offline when no credentials are present (:func:`~calid_lightning.tracking.ensure_wandb_mode`),
+    and the resolved config goes to every logger (:class:`~calid_lightning.tracking.LoggedConfigCallback`).
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from calid_lightning.tracking import LoggedConfigCallback, ensure_wandb_mode
+
+    ensure_wandb_mode(announce=rank_zero_only.rank == 0)
+    calid_cli(args, save_config_callback=LoggedConfigCallback, save_config_kwargs={"overwrite": True})
 
 
 DEBUG_ENV = "CALID_DEBUG"

@@ -41,12 +41,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from calid_lightning.experiment_config import ConfigError, merge_configs, resolved
 from calid_lightning.io_safety import PARTIAL_TAG
 
 HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
@@ -382,15 +382,14 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 
 def run_root(configs: Sequence[str | Path]) -> Path | None:
-    """The ``trainer.default_root_dir`` of the last config that sets it (as LightningCLI merges ``-c`` files).
+    """The ``trainer.default_root_dir`` of the configs composed and merged as ``calid fit -c ...`` does, with
+    its ``${run.stage}``-style interpolations resolved (None when no config sets it).
 
     Every output path of an experiment config derives from it: checkpoints in ``<root>/checkpoints``, SLURM
     requeue checkpoints in ``<root>``.
     """
-    root = None
-    for config in configs:
-        trainer = (yaml.safe_load(Path(config).read_text()) or {}).get("trainer") or {}
-        root = trainer.get("default_root_dir", root)
+    merged = merge_configs(configs)
+    root = resolved(merged, "trainer.default_root_dir", " + ".join(str(c) for c in configs))
     return Path(root) if root else None
 
 
@@ -417,7 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     resume.add_argument("-c", "--config", action="append", required=True, help="experiment config(s)")
     resume.add_argument("--root", type=Path, help="the run's trainer.default_root_dir (default: configs')")
     args = parser.parse_args(argv)
-    root = args.root or run_root(args.config)
+    try:
+        root = args.root or run_root(args.config)
+    except ConfigError as error:
+        parser.error(str(error))
     if root is None:
         parser.error(f"-c {' '.join(args.config)}: no trainer.default_root_dir; pass --root DIR")
     path = resume_checkpoint([root / CHECKPOINT_SUBDIR], root)

@@ -3,7 +3,8 @@
 Every stage is the ``calid`` command a user would type (training stages are ``calid fit`` with the experiment
 config, the data config, the profile's override config and one generated config that points logs and
 checkpoints into the table's run folder by setting its root, ``trainer.default_root_dir``, from which every
-path of the experiment configs derives), so a failing stage can be re-run by hand from its log.
+path of the experiment configs derives, and names the W&B run through the ``run`` group), so a failing stage
+can be re-run by hand from its log.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
 
+from calid_lightning.experiment_config import merge_configs
 from calid_lightning.reproduce.profile import Profile
 
 STAGE_NEEDING_VAE = ("calid_spatial",)
+COMPOSED_SUFFIX = ".composed.yaml"
+"""``configs/<stage>.composed.yaml``: a training stage's experiment and profile configs composed and merged
+(:func:`~calid_lightning.experiment_config.merge_configs`), the input its cache key hashes: a comment, a
+key moved into a shared file or another layout of the same settings leaves the stage cached."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,12 +98,6 @@ def clear_run_folder(run_dir: Path) -> list[Path]:
     return kept
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None or isinstance(value, bool):
-        return []
-    return list(value) if isinstance(value, list) else [value]
-
-
 def training_overrides(
     merged: dict[str, Any],
     stage: str,
@@ -107,24 +106,18 @@ def training_overrides(
     vae_checkpoint: Path | None,
     spatial_checkpoint: Path | None = None,
 ) -> dict[str, Any]:
-    """The generated config of a training stage: its root ``run_dir``, W&B run names and the VAE (and, for
+    """The generated config of a training stage: its root ``run_dir``, its ``run`` names and the VAE (and, for
     the inflated 2D+T model, the spatial CaLID) it starts from.
 
-    ``merged`` is the experiment config merged with the profile's override config (lists replaced, as
-    LightningCLI does), unresolved: the loggers and checkpoints of experiments/*.yaml derive their paths from
-    ``${trainer.default_root_dir}``, so setting the root moves them all. The logger list is copied only to
-    name the W&B runs after the table stage (paths untouched).
+    ``merged`` is the experiment config merged with the profile's override config, unresolved: the loggers
+    and checkpoints of experiments/*.yaml derive their paths from ``${trainer.default_root_dir}`` and their
+    names from the ``run`` group, so setting the root and ``run.stage`` / ``run.profile`` (W&B run
+    ``<stage>-table-<profile>``, group ``<stage>``, job type ``table-<profile>``) moves and names them all.
     """
-    overrides: dict[str, Any] = {"trainer": {"default_root_dir": str(run_dir)}}
-    loggers = _as_list((merged.get("trainer") or {}).get("logger"))
-    if any(str(lg.get("class_path", "")).endswith("WandbLogger") for lg in loggers):
-        renamed = []
-        for logger in loggers:
-            init = dict(logger.get("init_args") or {})
-            if str(logger.get("class_path", "")).endswith("WandbLogger"):
-                init |= {"name": f"{stage}-table-{profile}", "group": stage, "job_type": f"table-{profile}"}
-            renamed.append(dict(logger) | {"init_args": init})
-        overrides["trainer"]["logger"] = renamed
+    overrides: dict[str, Any] = {
+        "trainer": {"default_root_dir": str(run_dir)},
+        "run": {"stage": stage, "profile": f"table-{profile}"},
+    }
     model_init = (merged.get("model") or {}).get("init_args") or {}
     init: dict[str, str] = {}
     if vae_checkpoint is not None and "vae_checkpoint" in model_init:
@@ -154,7 +147,7 @@ def training_stages(profile: Profile, run_root: Path) -> list[Stage]:
         run_dir = run_root / name
         extra = Path(profile.profile_dir) / f"{name}.yaml" if profile.profile_dir else None
         configs = [Path(spec.config), *([extra] if extra and extra.is_file() else [])]
-        merged = OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.load(c) for c in configs)), resolve=False)
+        merged = merge_configs(configs)
         needs = tuple(spec.needs)
         vae = last_checkpoint(run_root / "vae") if name in STAGE_NEEDING_VAE else None
         if vae is not None and "vae" not in needs:
@@ -166,6 +159,8 @@ def training_stages(profile: Profile, run_root: Path) -> list[Stage]:
         generated = config_dir / f"{name}.yaml"
         overrides = training_overrides(merged, name, run_dir, profile.name, vae, spatial)
         generated.write_text(yaml.safe_dump(overrides, sort_keys=False))
+        composed = config_dir / f"{name}{COMPOSED_SUFFIX}"
+        composed.write_text(yaml.safe_dump(merged, sort_keys=True))
         argv = ["fit", "-c", spec.config, "-c", profile.data]
         argv += [*(["-c", str(extra)] if extra and extra.is_file() else []), "-c", str(generated), *spec.args]
         stages.append(
@@ -174,7 +169,7 @@ def training_stages(profile: Profile, run_root: Path) -> list[Stage]:
                 argv=tuple(argv),
                 needs=needs,
                 outputs=(last_checkpoint(run_dir),),
-                inputs=(*configs, Path(profile.data), generated),
+                inputs=(composed, Path(profile.data), generated),
                 run_dir=run_dir,
                 total_steps=_max_steps(merged, spec.args),
             )
