@@ -1,34 +1,24 @@
-"""benchmarks/bench_train.py on the smallest settings: a 3-subject phantom, 32x32 crops, batch 2, 2 steps."""
+"""Training throughput (benchmarking/train_throughput.py, the measuring behind benchmarks/bench_train.py) on
+the smallest settings: a 3-subject phantom, 32x32 crops, batch 2, 2 steps."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from calid_lightning.benchmarking import train_throughput as bench
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.vae import VAEModule
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def bench_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_train", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = bench_module()
+CONFIGS = {"data_config": ROOT / "data_modules" / "phantom.yaml", "experiments": ROOT / "experiments"}
+"""The repository's configs wherever pytest runs from."""
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +34,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     ]
 
 
-def test_main_writes_one_row_per_precision_and_worker_count(tiny_data, tmp_path):
-    out = tmp_path / "bench.csv"
-    argv = ["--models", "segmenter", "--steps", "2", "--warmup", "1", "--batches", "2", "--data-warmup", "1"]
-    argv += ["--workers", "0", "--accelerator", "cpu", "--out", str(out), "--set", *tiny_data]
-    assert bench.main(argv) == 0
+def test_one_row_per_precision_and_worker_count_written_as_csv(tiny_data, tmp_path):
+    timing = bench.Timing(steps=2, warmup=1, batches=2, data_warmup=1, workers=(0,))
+    out = bench.write_csv(
+        bench.bench_model("segmenter", timing, tiny_data, **CONFIGS), tmp_path / "bench.csv"
+    )
     rows = list(csv.DictReader(out.open()))
     assert [(r["model"], r["precision"], r["workers"]) for r in rows] == [("segmenter", "32-true", "0")]
     row = {k: float(v) for k, v in rows[0].items() if k not in ("model", "precision")}
@@ -59,11 +49,11 @@ def test_main_writes_one_row_per_precision_and_worker_count(tiny_data, tmp_path)
 
 
 def test_calid_times_only_the_steps_after_warmup_with_its_hooks(tiny_data, tmp_path):
-    vae_path = bench.untrained_vae_checkpoint(tmp_path / "vae.ckpt", overrides=tiny_data)
+    vae_path = bench.untrained_vae_checkpoint(tmp_path / "vae.ckpt", overrides=tiny_data, **CONFIGS)
     vae = load_model(vae_path, VAEModule)  # refuses a checkpoint without a computed scale factor
     assert tuple(vae.hparams.channels) == (32, 64, 64)  # experiments/vae.yaml's shape
     experiment = bench.build_experiment(
-        "calid_spatial", overrides=[*tiny_data, f"model.init_args.vae_checkpoint={vae_path}"]
+        "calid_spatial", overrides=[*tiny_data, f"model.init_args.vae_checkpoint={vae_path}"], **CONFIGS
     )
     assert isinstance(experiment.model, CaLIDSpatial)
     assert experiment.trainer["gradient_clip_val"] == 1.0  # the config's trainer section
@@ -99,7 +89,7 @@ def test_row_estimates_serial_and_overlapped_loading():
     assert (fast_workers.data_share, fast_workers.step_samples_s) == (0.0, 10.0)
     data_only = bench.make_row("m", "-", 8, compute=math.nan, workers=2, data=20.0)
     assert math.isnan(data_only.data_over_compute) and math.isnan(data_only.data_share)
-    table = bench.markdown_table([serial, fast_workers, data_only]).splitlines()
+    table = bench.throughput_table([serial, fast_workers, data_only]).splitlines()
     assert len(table) == 5 and table[0].startswith("| model |") and "| 2.00 | 0% |" in table[3]
     assert table[4] == "| m | - | 8 | - | 2 | 20.0 | - | - | - |"
 
@@ -107,7 +97,7 @@ def test_row_estimates_serial_and_overlapped_loading():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bf16_steps_on_gpu(tiny_data):
-    experiment = bench.build_experiment("segmenter", overrides=tiny_data)
+    experiment = bench.build_experiment("segmenter", overrides=tiny_data, **CONFIGS)
     experiment.datamodule.prepare_data()
     experiment.datamodule.setup("fit")
     batch = bench.first_batch(experiment.datamodule)

@@ -2,7 +2,8 @@
 
 Low to high: the top-level helper modules (``io_safety``, ``checkpoint_file``, ``errors``, ``distributed``,
 ``fault_tolerance``, ``tracking``, ``cli_options``) and the pure ``metrics/`` package < ``data/`` <
-``models/`` < ``inference/`` < ``evaluation/`` < ``reproduce/`` and the training CLIs (``cli``, ``sweep``).
+``models/`` < ``inference/`` < ``evaluation/`` < ``reproduce/``, ``benchmarking/`` and the training CLIs
+(``cli``, ``sweep``).
 A module may import its own layer and any lower one. Every import counts: module-level, function-local,
 relative (``from . import x``) and ``importlib.import_module("calid_lightning...")`` with a literal name.
 """
@@ -24,6 +25,7 @@ SUB_PACKAGES = {
     "inference": "inference",
     "evaluation": "evaluation",
     "reproduce": "top",
+    "benchmarking": "top",
 }
 CLI_MODULES = {"cli": "top", "sweep": "top"}
 
