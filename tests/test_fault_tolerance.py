@@ -235,6 +235,32 @@ def test_experiment_configs_checkpoint_with_rotation_and_guard(configs: list[Pat
     assert config["trainer"]["max_steps"] % periodic._every_n_train_steps == 0  # the final step is last.ckpt
 
 
+def test_names_of_saved_configs_stay_importable_from_the_package() -> None:
+    """Configs of earlier runs name ``calid_lightning.fault_tolerance.X``; experiments/*.yaml the modules."""
+    modules = {
+        "FiniteLossGuard": "guards",
+        "NonFiniteLossError": "guards",
+        "RNGStateCheckpoint": "rng_state",
+        "ResumableDataLoader": "resumable_loader",
+        "StepModelCheckpoint": "checkpointing",
+        "RunFolderError": "run_folder",
+        "check_new_run": "run_folder",
+        "run_root": "run_folder",
+        "resume_checkpoint": "resume",
+    }
+    package = importlib.import_module(FT)
+    for name, module in modules.items():
+        assert getattr(package, name) is getattr(importlib.import_module(f"{FT}.{module}"), name), name
+    paths = {
+        c["class_path"] for configs in COMBINATIONS for c in merge_configs(configs)["trainer"]["callbacks"]
+    }
+    assert {p.rpartition(".")[0] for p in paths if p.startswith(FT)} == {
+        f"{FT}.guards",
+        f"{FT}.rng_state",
+        f"{FT}.checkpointing",
+    }
+
+
 # ---- resume-path helper (scripts/slurm/train.sbatch) -------------------------------------------------------
 def test_resume_checkpoint_picks_the_newest_last_or_hpc(tmp_path: Path, capsys) -> None:
     config = tmp_path / "exp.yaml"

@@ -46,7 +46,7 @@ def calid_cli(args: list[str] | None, **kwargs: Any) -> Any:
     (:func:`~calid_lightning.experiment_config.expand_config_args`), the parser gets
     :func:`add_calid_arguments`, and ``${...}`` is resolved once, on the merged config (``parser_mode``
     ``omegaconf+``). ``fit`` refuses to start a new run into a checkpoint folder that holds checkpoints
-    (:func:`~calid_lightning.fault_tolerance.check_new_run`).
+    (:func:`~calid_lightning.fault_tolerance.run_folder.check_new_run`).
     """
     from jsonargparse import set_parsing_settings
     from lightning.pytorch import LightningDataModule, LightningModule
@@ -69,7 +69,7 @@ def calid_cli(args: list[str] | None, **kwargs: Any) -> Any:
 
         def before_fit(self) -> None:
             """A new run never starts into another run's checkpoint folder (resume with --ckpt_path last)."""
-            from calid_lightning.fault_tolerance import check_new_run
+            from calid_lightning.fault_tolerance.run_folder import check_new_run
 
             check_new_run(self.trainer, self.config[self.subcommand].get("ckpt_path"))
 
@@ -107,7 +107,7 @@ _WORKER_DATA_ERROR = "Caught DataError in DataLoader worker"
 def data_error_message(exc: BaseException) -> str | None:
     """The user-facing text of a data or run-folder error (also one from a DataLoader worker), else None."""
     from calid_lightning.data.subject import DataError
-    from calid_lightning.fault_tolerance import RunFolderError
+    from calid_lightning.fault_tolerance.run_folder import RunFolderError
 
     if isinstance(exc, (DataError, RunFolderError)):
         return str(exc)
