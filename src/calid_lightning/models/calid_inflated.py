@@ -20,6 +20,7 @@ the temporal layers are cyclic, so any frame count works without padding.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -150,10 +151,12 @@ class CaLIDInflated(LatentInterpolatorBase):
             only: cheaper to train with frozen spatial weights, as backpropagation stops at the middle block).
         spatial_lr: rate of the inherited spatial weights (0: frozen; only the temporal layers train).
         frame_noise: correlation of the initial sampling noise across frames, in [0, 1].
-        lr, weight_decay, lr_warmup_steps, ema_decay, ema_warmup, val_*: as :class:`LatentInterpolatorBase`
-            (``lr`` is the temporal layers' rate).
-        latent_cache: train on cached VAE latents of the training cines (exact: the VAE is frozen).
+        val_num_samples: cines sampled in validation (fewer than the base's slices: a cine is T slices).
         spatial_hparams: set automatically from the spatial checkpoint; leave unset.
+        **kwargs: the training arguments of :class:`LatentInterpolatorBase` with its defaults (``lr``, the
+            temporal layers' rate, ``weight_decay``, ``lr_warmup_steps``, ``ema_decay``, ``ema_warmup``, the
+            other ``val_*``, ``latent_cache``: the training cines' VAE latents cached, exact as the VAE is
+            frozen); the network, diffusion and VAE come from the spatial checkpoint.
     """
 
     spatial_dims = 2
@@ -170,18 +173,9 @@ class CaLIDInflated(LatentInterpolatorBase):
         temporal_blocks: str = "all",
         spatial_lr: float = 0.0,
         frame_noise: float = 0.0,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        lr_warmup_steps: int = 0,
-        ema_decay: float = 0.999,
-        ema_warmup: bool = True,
-        val_sample_every: int = 1,
         val_num_samples: int = 4,
-        val_sample_batches: int = 1,
-        val_inference_steps: int = 20,
-        val_seed: int = 0,
-        latent_cache: bool = False,
         spatial_hparams: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         if not 0.0 <= frame_noise <= 1.0:
             raise ValueError(f"CaLIDInflated frame_noise must be in [0, 1], got {frame_noise}")
@@ -192,21 +186,30 @@ class CaLIDInflated(LatentInterpolatorBase):
             spatial_hparams, spatial_state = read_spatial_checkpoint(spatial_checkpoint)
         architecture = {k: spatial_hparams[k] for k in ARCHITECTURE_KEYS if k in spatial_hparams}
         spatial_hparams = {**architecture, "residual": bool(spatial_hparams.get("residual", False))}
+        for key in {"vae_checkpoint", "residual", *ARCHITECTURE_KEYS} & kwargs.keys():
+            del kwargs[key]  # a saved inflated checkpoint's hparams repeat them: the spatial model's win
+        base = inspect.signature(LatentInterpolatorBase.__init__).parameters
+        net = {k: base[k].default for k in ARCHITECTURE_KEYS} | architecture
+        # Named, not **net: the CLI then lists only the training arguments that **kwargs forwards.
         super().__init__(
             vae_checkpoint=None,
-            **architecture,
+            channels=net["channels"],
+            attention_levels=net["attention_levels"],
+            num_res_blocks=net["num_res_blocks"],
+            num_head_channels=net["num_head_channels"],
+            norm_num_groups=net["norm_num_groups"],
+            injection=net["injection"],
+            conditioning_channels=net["conditioning_channels"],
+            num_train_timesteps=net["num_train_timesteps"],
+            schedule=net["schedule"],
+            beta_start=net["beta_start"],
+            beta_end=net["beta_end"],
+            prediction_type=net["prediction_type"],
+            num_inference_steps=net["num_inference_steps"],
+            vae_hparams=net["vae_hparams"],
             residual=spatial_hparams["residual"],
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_warmup_steps=lr_warmup_steps,
-            ema_decay=ema_decay,
-            ema_warmup=ema_warmup,
-            val_sample_every=val_sample_every,
             val_num_samples=val_num_samples,
-            val_sample_batches=val_sample_batches,
-            val_inference_steps=val_inference_steps,
-            val_seed=val_seed,
-            latent_cache=latent_cache,
+            **kwargs,
         )
         self.hparams["spatial_hparams"] = spatial_hparams
         if spatial_state is not None:
@@ -224,7 +227,7 @@ class CaLIDInflated(LatentInterpolatorBase):
             self.denoiser.requires_grad_(False)
             for parameter in self.denoiser.temporal_parameters():
                 parameter.requires_grad_(True)
-        self.ema = EMA(self.denoiser, decay=ema_decay, warmup=ema_warmup)
+        self.ema = EMA(self.denoiser, decay=self.hparams["ema_decay"], warmup=self.hparams["ema_warmup"])
         self.frame_noise = frame_noise
 
     def _load_spatial(self, state: dict[str, Tensor]) -> None:

@@ -13,7 +13,6 @@ claim 3 of the paper (latent space makes whole-heart upsampling much faster) is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -22,6 +21,9 @@ from torch import Tensor
 from calid_lightning.models.latent_interpolator import LatentInterpolatorBase
 
 BATCH_KEYS = ("below", "above", "target", "r")
+PIXEL_FIXED = frozenset({"latent_cache", "residual"})
+"""Base arguments a pixel model does not take (no VAE to cache or to diffuse a residual over); its
+checkpoints record them as False."""
 
 
 def to_model_range(x: Tensor) -> Tensor:
@@ -40,7 +42,8 @@ class PixelSpatial(LatentInterpolatorBase):
     Inference API (the SliceInterpolator protocol of the whole-volume upsampler): ``encode``
     ((N, 1, H, W) in [0, 1] -> the same shape in [-1, 1]), ``decode`` (back, clamped), ``interpolate``
     (EMA weights, DDIM) and ``size_multiple`` (``2 ** (U-Net levels - 1)``). Trains on the DataModule task
-    ``"spatial"``. Arguments: as :class:`LatentInterpolatorBase` without the VAE ones.
+    ``"spatial"``. Arguments (``**kwargs``): those of :class:`LatentInterpolatorBase` with its defaults,
+    without the VAE, its latent cache and the residual target (``calid fit --model.help PixelSpatial``).
     """
 
     spatial_dims = 2
@@ -49,58 +52,12 @@ class PixelSpatial(LatentInterpolatorBase):
     hparams_ignore: ClassVar[tuple[str, ...]] = ("vae_checkpoint", "vae_hparams")
     image_channels: ClassVar[int] = 1
 
-    def __init__(
-        self,
-        channels: Sequence[int] = (64, 128, 128),
-        attention_levels: Sequence[bool] = (False, False, True),
-        num_res_blocks: int = 2,
-        num_head_channels: int = 32,
-        norm_num_groups: int = 32,
-        injection: bool = True,
-        conditioning_channels: Sequence[int] = (16,),
-        num_train_timesteps: int = 1000,
-        schedule: str = "scaled_linear_beta",
-        beta_start: float = 0.0015,
-        beta_end: float = 0.0195,
-        prediction_type: str = "v_prediction",
-        num_inference_steps: int = 50,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        lr_warmup_steps: int = 0,
-        ema_decay: float = 0.999,
-        ema_warmup: bool = True,
-        val_sample_every: int = 1,
-        val_num_samples: int = 8,
-        val_sample_batches: int = 1,
-        val_inference_steps: int = 20,
-        val_seed: int = 0,
-    ) -> None:
-        super().__init__(
-            vae_checkpoint=None,
-            channels=channels,
-            attention_levels=attention_levels,
-            num_res_blocks=num_res_blocks,
-            num_head_channels=num_head_channels,
-            norm_num_groups=norm_num_groups,
-            injection=injection,
-            conditioning_channels=conditioning_channels,
-            num_train_timesteps=num_train_timesteps,
-            schedule=schedule,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            prediction_type=prediction_type,
-            num_inference_steps=num_inference_steps,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_warmup_steps=lr_warmup_steps,
-            ema_decay=ema_decay,
-            ema_warmup=ema_warmup,
-            val_sample_every=val_sample_every,
-            val_num_samples=val_num_samples,
-            val_sample_batches=val_sample_batches,
-            val_inference_steps=val_inference_steps,
-            val_seed=val_seed,
-        )
+    def __init__(self, **kwargs: Any) -> None:
+        for key in PIXEL_FIXED & kwargs.keys():  # saved, always False, in every PixelSpatial checkpoint
+            if kwargs[key]:
+                raise ValueError(f"PixelSpatial has no {key} (it needs a VAE); got {key}={kwargs[key]!r}")
+            del kwargs[key]
+        super().__init__(vae_checkpoint=None, latent_cache=False, residual=False, vae_hparams=None, **kwargs)
 
     def _build_codec(self, vae_checkpoint: str | None, vae_hparams: dict[str, Any] | None) -> tuple[int, int]:
         """No VAE: the denoiser works on the image's single channel at full resolution."""
