@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from calid_lightning.benchmarking import train_throughput as bench
+from calid_lightning.experiment_config import compose
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.vae import VAEModule
@@ -57,8 +57,8 @@ def test_calid_times_only_the_steps_after_warmup_with_its_hooks(tiny_data, tmp_p
     )
     assert isinstance(experiment.model, CaLIDSpatial)
     assert experiment.trainer["gradient_clip_val"] == 1.0  # the config's trainer section
-    configured = OmegaConf.load(ROOT / "experiments" / "calid_spatial.yaml").trainer.get("callbacks") or []
-    names = [c.class_path.rsplit(".", 1)[1] for c in configured]
+    configured = compose(ROOT / "experiments" / "calid_spatial.yaml")["trainer"].get("callbacks") or []
+    names = [c["class_path"].rsplit(".", 1)[1] for c in configured]
     kept = [name for name in names if not name.endswith("ModelCheckpoint")]
     assert [type(c).__name__ for c in experiment.callbacks] == kept, "step callbacks kept, checkpointing not"
     experiment.datamodule.prepare_data()

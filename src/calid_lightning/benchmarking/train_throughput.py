@@ -39,15 +39,17 @@ from typing import Any
 
 import lightning
 import torch
+from jsonargparse import set_parsing_settings
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 from lightning.pytorch.cli import LightningCLI
 
-from calid_lightning.cli import DEFAULT_DATAMODULE
+from calid_lightning.cli import add_calid_arguments
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.evaluation.table import markdown_table
+from calid_lightning.experiment_config import expand_config_args
 from calid_lightning.models.vae import VAEModule
 
 EXPERIMENTS = Path("experiments")
@@ -99,10 +101,11 @@ class Row:
 
 
 class _ExperimentCLI(LightningCLI):
-    """``calid fit``'s parser (default DataModule class, OmegaConf interpolation) without a Trainer."""
+    """``calid fit``'s parser (default DataModule class, ``run`` group, OmegaConf interpolation) without a
+    Trainer."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.set_defaults({"data": {"class_path": DEFAULT_DATAMODULE}})
+        add_calid_arguments(parser)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         return None
@@ -141,15 +144,16 @@ def build_experiment(
         args += ["--config", str(path)]
     args += [f"--{item}" for item in overrides]
     args.append("--trainer.logger=false")
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)  # as calid fit: ${...} after all files
     cli = _ExperimentCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_callback=None,
         run=False,
-        args=args,
+        args=expand_config_args(args),
     )
     configured = cli.config_init["trainer"].get("callbacks") or []
     callbacks = [c for c in configured if not isinstance(c, Checkpoint | EarlyStopping)]
