@@ -170,17 +170,14 @@ def test_the_writer_refuses_a_folder_it_does_not_own_and_leaves_it_unchanged(tmp
         write_dataset(owned, 2, seed=0, config=config)
 
 
-# sha256 of the stored int16 dense and sparse images (with their slope) and the dense labels, computed
-# with the generator before it was made fast (commit 3ede1f8); a change of any stored value changes them.
-# Floating-point results can differ on another CPU or numpy/scipy/OpenBLAS build, so they are asserted only
-# on the platform they were recorded on (numpy 1.26.4, scipy 1.17.1, AVX-512); elsewhere a mismatch skips.
-PINNED_PLATFORM = ("1.26.4", "1.17.1", True)
-PINNED = {
-    "default": (
-        11,
-        dict(size=(48, 48), frames=3, dense_slices=24),
-        "5e42727ec4fb3141c0eb5f1e7962825de8445bffa0e3c1f49761eefd30dfd718",
-    ),
+# Per-slice statistics of the stored dense and sparse images and per-frame class counts of the dense labels
+# (tests/data/phantom_pinned.json, written by `python tests/test_phantom_acquisition.py`). The pinned
+# digests they replace held only on the CPU they were recorded on: numpy dispatches float kernels by CPU
+# (AVX512_SPR vs AVX512_SKX), so the last bit of some voxels moves between machines. Statistics agree to
+# ~1e-7 across machines and move by far more when the generator changes.
+PINNED_FILE = Path(__file__).parent / "data" / "phantom_pinned.json"
+PINNED_CASES = {
+    "default": (11, dict(size=(48, 48), frames=3, dense_slices=24)),
     "thin_shifted": (
         12,
         dict(
@@ -191,37 +188,57 @@ PINNED = {
             breath_hold_shift_mm=2.0,
             kspace_filter="hann",
         ),
-        "885a8278175cffb49846fac60246100f291ca9474b1eba9f1c0cb1e36114ee54",
     ),
 }
+STORED = ("patient001_dense_4d", "patient001_4d", "patient001_dense_gt_4d")
 
 
-def _stored_digest(seed: int, config: PhantomConfig, out: Path) -> str:
-    """sha256 over the int16 data, shapes and slope of the dense and sparse files and the dense labels."""
+def stored_statistics(seed: int, config: PhantomConfig, out: Path) -> dict[str, dict[str, list]]:
+    """Per stored file: shape, per-(z, t) mean and std of the scaled image, or per-frame label counts."""
     folder = write_subject(generate_subject(seed, config), out, 1)
-    digest = hashlib.sha256()
-    for stem in ("patient001_dense_4d", "patient001_4d", "patient001_dense_gt_4d"):
-        img = nib.load(folder / f"{stem}.nii.gz")
-        data = np.asarray(img.dataobj.get_unscaled())
-        data = data.astype(data.dtype.newbyteorder("<"), copy=False)
-        digest.update(
-            f"{stem} {data.dtype.kind}{data.itemsize} {data.shape} {float(img.dataobj.slope)!r}".encode()
-        )
-        digest.update(np.ascontiguousarray(data).tobytes())
-    return digest.hexdigest()
+    found: dict[str, dict[str, list]] = {}
+    for stem in STORED:
+        data = np.asarray(nib.load(folder / f"{stem}.nii.gz").get_fdata(dtype=np.float64))
+        if stem.endswith("_gt_4d"):
+            counts = [[int((data[..., t] == c).sum()) for c in range(4)] for t in range(data.shape[-1])]
+            found[stem] = {"shape": list(data.shape), "counts": counts}
+        else:
+            found[stem] = {
+                "shape": list(data.shape),
+                "mean": data.mean(axis=(0, 1)).tolist(),
+                "std": data.std(axis=(0, 1)).tolist(),
+            }
+    return found
 
 
-def _platform() -> tuple[str, str, bool]:
-    import scipy
-    from numpy.core._multiarray_umath import __cpu_features__
+@pytest.mark.parametrize("case", sorted(PINNED_CASES))
+def test_stored_subject_matches_the_pinned_generator_output(case: str, tmp_path: Path):
+    import json
 
-    return np.__version__, scipy.__version__, bool(__cpu_features__.get("AVX512F"))
+    seed, options = PINNED_CASES[case]
+    pinned = json.loads(PINNED_FILE.read_text())[case]
+    found = stored_statistics(seed, PhantomConfig(**options), tmp_path)
+    message = "the phantom's stored output changed: the results table was computed on it"
+    for stem in STORED:
+        assert found[stem]["shape"] == pinned[stem]["shape"], message
+        if "counts" in pinned[stem]:
+            voxels = np.prod(pinned[stem]["shape"][:3])  # a label may flip at a boundary voxel, no more
+            assert np.abs(np.subtract(found[stem]["counts"], pinned[stem]["counts"])).max() <= 1e-4 * voxels
+        else:
+            for key in ("mean", "std"):
+                np.testing.assert_allclose(
+                    found[stem][key], pinned[stem][key], rtol=1e-6, atol=1e-7, err_msg=message
+                )
 
 
-@pytest.mark.parametrize("case", sorted(PINNED))
-def test_stored_subject_is_bit_identical_to_the_pinned_generator_output(case: str, tmp_path: Path):
-    seed, options, expected = PINNED[case]
-    digest = _stored_digest(seed, PhantomConfig(**options), tmp_path)
-    if digest != expected and _platform() != PINNED_PLATFORM:
-        pytest.skip(f"pinned on {PINNED_PLATFORM} (numpy, scipy, AVX-512); this is {_platform()}")
-    assert digest == expected, "the phantom's stored output changed: the results table was computed on it"
+if __name__ == "__main__":
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        cases = {
+            case: stored_statistics(seed, PhantomConfig(**options), Path(folder) / case)
+            for case, (seed, options) in PINNED_CASES.items()
+        }
+    PINNED_FILE.parent.mkdir(exist_ok=True)
+    PINNED_FILE.write_text(json.dumps(cases, indent=1) + "\n")
