@@ -51,6 +51,7 @@ from calid_lightning.inference.methods import (
     Upsampler,
     add_model_arguments,
     build_method,
+    check_data_matches_training,
     checked_methods,
 )
 from calid_lightning.inference.upsample import EngineUpsampler
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
         datamodule = build_datamodule(class_path, init_args)
+        check_data_matches_training(models, datamodule.hparams)
         subjects = datamodule.subjects(args.split)
         records: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []

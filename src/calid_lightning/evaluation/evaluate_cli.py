@@ -52,6 +52,7 @@ from calid_lightning.inference.methods import (
     Upsampler,
     add_model_arguments,
     build_method,
+    check_data_matches_training,
     checked_methods,
 )
 from calid_lightning.models.checkpoints import load_model
@@ -112,9 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     methods = checked_methods(parser, args, "evaluate")
     try:
-        class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
-        datamodule = build_datamodule(class_path, init_args)
-        subjects = datamodule.subjects(args.split)
         models = MethodModels(
             checkpoint=args.checkpoint,
             pixel_checkpoint=args.pixel_checkpoint,
@@ -122,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             max_batch=args.max_batch,
             mean_draws=args.mean_draws,
         )
+        class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
+        datamodule = build_datamodule(class_path, init_args)
+        check_data_matches_training(models, datamodule.hparams)
+        subjects = datamodule.subjects(args.split)
         upsamplers = {m: build_method(m, models) for m in methods}
         segmenter = (
             load_model(args.segmenter, SegmenterModule, map_location=args.device).to(args.device)

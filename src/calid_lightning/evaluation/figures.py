@@ -46,6 +46,7 @@ from calid_lightning.inference.methods import (
     Upsampler,
     add_model_arguments,
     build_method,
+    check_data_matches_training,
     checked_methods,
     label_of,
 )
@@ -445,8 +446,15 @@ def main(argv: list[str] | None = None) -> int:
         print("calid figures: no uncertainty figure: --samples 0", file=sys.stderr)
     start = time.perf_counter()
     try:
+        models = MethodModels(
+            checkpoint=args.checkpoint,
+            pixel_checkpoint=args.pixel_checkpoint,
+            device=args.device,
+            max_batch=args.max_batch,
+        )
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
         datamodule = build_datamodule(class_path, init_args)
+        check_data_matches_training(models, datamodule.hparams)
         subjects = datamodule.subjects(args.split)
         subject = args.subject or (subjects[0] if subjects else None)
         if subject not in subjects:
@@ -459,12 +467,6 @@ def main(argv: list[str] | None = None) -> int:
         _, heldout = datamodule.heldout(subject)
         if args.z is not None and args.z not in set(heldout.tolist()):
             raise UsageError(f"--z {args.z}: not a held-out slice of {subject}; choose {heldout.tolist()}")
-        models = MethodModels(
-            checkpoint=args.checkpoint,
-            pixel_checkpoint=args.pixel_checkpoint,
-            device=args.device,
-            max_batch=args.max_batch,
-        )
         upsamplers = {m: build_method(m, models) for m in methods}
         written = make_figures(
             datamodule,

@@ -297,6 +297,37 @@ def methods_of(tool: str) -> tuple[str, ...]:
     return tuple(name for name, method in METHODS.items() if tool in method.tools)
 
 
+def check_data_matches_training(models: MethodModels, data: Mapping[str, Any]) -> None:
+    """Refuse evaluation data prepared other than each model's training data.
+
+    ``data`` holds the evaluation data module's settings (its ``hparams``). A model file whose checkpoint
+    records other ``intensity_percentiles`` or ``pixel_spacing`` (:func:`~calid_lightning.inference.nifti_io.
+    trained_preprocessing`) is a ``ValueError`` naming the option, both values and the override that fixes
+    it; checkpoints without the record are not checked.
+    """
+    from calid_lightning.inference.nifti_io import trained_preprocessing
+
+    for dest in ("checkpoint", "inflated_checkpoint", "pixel_checkpoint"):
+        path = getattr(models, dest)
+        trained = trained_preprocessing(path) if path else None
+        if trained is None or not trained.recorded:
+            continue
+        given = {
+            "intensity_percentiles": [float(p) for p in data["intensity_percentiles"]],
+            "pixel_spacing": data.get("pixel_spacing"),
+        }
+        expected = {
+            "intensity_percentiles": list(trained.percentiles),
+            "pixel_spacing": trained.pixel_spacing,
+        }
+        for key, value in expected.items():
+            if given[key] != value:
+                raise ValueError(
+                    f"{MODEL_FILES[dest].option} {path} was trained with data.{key} {value}, but the "
+                    f"evaluation data use {given[key]}; add --data-override {key}={value}"
+                )
+
+
 def label_of(name: str) -> str:
     """The figure label of method ``name`` (the name itself for one outside the registry)."""
     return METHODS[name].label if name in METHODS else name
