@@ -51,8 +51,8 @@ from calid_lightning.inference.methods import (
     Upsampler,
     add_model_arguments,
     build_method,
-    check_data_matches_training,
     checked_methods,
+    training_mismatches,
 )
 from calid_lightning.inference.upsample import EngineUpsampler
 
@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
         datamodule = build_datamodule(class_path, init_args)
-        check_data_matches_training(models, datamodule.hparams)
+        for warning in training_mismatches(models, datamodule.hparams):
+            print(f"calid evaluate-cine: warning: {warning}", file=sys.stderr)
         subjects = datamodule.subjects(args.split)
         records: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []

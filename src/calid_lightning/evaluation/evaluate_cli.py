@@ -52,8 +52,8 @@ from calid_lightning.inference.methods import (
     Upsampler,
     add_model_arguments,
     build_method,
-    check_data_matches_training,
     checked_methods,
+    training_mismatches,
 )
 from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.segmenter import SegmenterModule
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
         datamodule = build_datamodule(class_path, init_args)
-        check_data_matches_training(models, datamodule.hparams)
+        for warning in training_mismatches(models, datamodule.hparams):
+            print(f"calid evaluate: warning: {warning}", file=sys.stderr)
         subjects = datamodule.subjects(args.split)
         upsamplers = {m: build_method(m, models) for m in methods}
         segmenter = (

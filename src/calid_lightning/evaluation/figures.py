@@ -46,9 +46,9 @@ from calid_lightning.inference.methods import (
     Upsampler,
     add_model_arguments,
     build_method,
-    check_data_matches_training,
     checked_methods,
     label_of,
+    training_mismatches,
 )
 from calid_lightning.inference.upsample import EngineUpsampler, upsample_stack
 from calid_lightning.io_safety import atomic_save
@@ -454,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
         datamodule = build_datamodule(class_path, init_args)
-        check_data_matches_training(models, datamodule.hparams)
+        for warning in training_mismatches(models, datamodule.hparams):
+            print(f"calid figures: warning: {warning}", file=sys.stderr)
         subjects = datamodule.subjects(args.split)
         subject = args.subject or (subjects[0] if subjects else None)
         if subject not in subjects:

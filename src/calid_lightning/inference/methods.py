@@ -297,14 +297,16 @@ def methods_of(tool: str) -> tuple[str, ...]:
     return tuple(name for name, method in METHODS.items() if tool in method.tools)
 
 
-def check_data_matches_training(models: MethodModels, data: Mapping[str, Any]) -> None:
-    """Refuse evaluation data prepared other than each model's training data.
+def training_mismatches(models: MethodModels, data: Mapping[str, Any]) -> list[str]:
+    """One warning per model whose training data were prepared other than the evaluation data.
 
     ``data`` holds the evaluation data module's settings (its ``hparams``). A model file whose checkpoint
     records other ``intensity_percentiles`` or ``pixel_spacing`` (:func:`~calid_lightning.inference.nifti_io.
-    trained_preprocessing`) is a ``ValueError`` naming the option, both values and the override that fixes
-    it; checkpoints without the record are not checked.
+    trained_preprocessing`) gets a line naming the option, both values and the override that would match;
+    a warning, not an error, since scoring a model on other settings is how its generalisation is measured.
+    Checkpoints without the record are not checked.
     """
+    notes = []
     from calid_lightning.inference.nifti_io import trained_preprocessing
 
     for dest in ("checkpoint", "inflated_checkpoint", "pixel_checkpoint"):
@@ -322,10 +324,11 @@ def check_data_matches_training(models: MethodModels, data: Mapping[str, Any]) -
         }
         for key, value in expected.items():
             if given[key] != value:
-                raise ValueError(
+                notes.append(
                     f"{MODEL_FILES[dest].option} {path} was trained with data.{key} {value}, but the "
-                    f"evaluation data use {given[key]}; add --data-override {key}={value}"
+                    f"evaluation data use {given[key]}; --data-override {key}={value} would match"
                 )
+    return notes
 
 
 def label_of(name: str) -> str:
