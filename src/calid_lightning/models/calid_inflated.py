@@ -6,9 +6,9 @@ README claim 4), this model starts from a trained ``CaLIDSpatial`` checkpoint - 
 the batch for the spatial layers, and inserts a :class:`~calid_lightning.models.temporal_layers.TemporalMixer`
 after every resolution block (encoder, middle, decoder; the ControlNet's too with ``temporal_controlnet``).
 The mixers' output projections start at zero, so the untrained inflated model *is* the spatial model applied
-frame by frame (tests/test_calid_inflated.py checks it for odd and even frame counts); fine-tuning on cines
-then learns only what couples the frames. ``spatial_lr = 0`` trains the temporal layers alone (the spatial
-weights frozen); ``spatial_lr > 0`` fine-tunes everything, the spatial weights at that lower rate.
+frame by frame (tests/models/test_calid_inflated.py checks it for odd and even frame counts); fine-tuning
+on cines then learns only what couples the frames. ``spatial_lr = 0`` trains the temporal layers alone (the
+spatial weights frozen); ``spatial_lr > 0`` fine-tunes everything, the spatial weights at that lower rate.
 
 At sampling, ``frame_noise`` correlates the initial noise over the frames of a cine (0: independent, 1: one
 noise for every frame), a cheap source of temporal coherence for frame-wise diffusion (``temporal_layers:

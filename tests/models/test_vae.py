@@ -17,7 +17,7 @@ from calid_lightning.experiment_config import compose
 from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.vae import VAEModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {"channels": (8, 16, 16), "latent_channels": 3, "norm_num_groups": 8, "num_res_blocks": 1}
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_VAE = [
     "--data.init_args.phantom.subjects=3",
     "--data.init_args.cache_dir=null",

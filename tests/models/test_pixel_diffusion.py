@@ -25,7 +25,7 @@ from calid_lightning.models.checkpoints import MODEL_CLASS_KEY, checkpoint_class
 from calid_lightning.models.pixel_diffusion import PixelSpatial
 from checkpoints import TINY_UNET
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZE = 16
 
 

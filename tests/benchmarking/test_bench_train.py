@@ -16,7 +16,7 @@ from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.checkpoints import load_model
 from calid_lightning.models.vae import VAEModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"data_config": ROOT / "data_modules" / "phantom.yaml", "experiments": ROOT / "experiments"}
 """The repository's configs wherever pytest runs from."""
 

@@ -41,7 +41,7 @@ from calid_lightning.fault_tolerance import (
 )
 from checkpoints import tiny_vae_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
 PAPER = REPO / "experiments" / "profiles" / "paper"
 FT = "calid_lightning.fault_tolerance"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_evaluate import PHANTOM, evaluate, read_csv
 
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
@@ -28,7 +29,6 @@ from calid_lightning.evaluation.table import summary_table
 from calid_lightning.inference.methods import METHODS, TrueSlices, build_method
 from calid_lightning.models.segmenter import SegmenterModule
 from checkpoints import save_checkpoint
-from test_evaluate import PHANTOM, evaluate, read_csv
 
 INTENSITY = np.array([0.1, 0.9, 0.4, 0.65], np.float32)  # background, LV, myocardium, RV
 SPACING = (1.5, 1.25, 2.5)

@@ -171,11 +171,11 @@ def test_the_writer_refuses_a_folder_it_does_not_own_and_leaves_it_unchanged(tmp
 
 
 # Per-slice statistics of the stored dense and sparse images and per-frame class counts of the dense labels
-# (tests/data/phantom_pinned.json, written by `python tests/test_phantom_acquisition.py`). The pinned
+# (pinned_statistics.json beside this file, written by running this file). The pinned
 # digests they replace held only on the CPU they were recorded on: numpy dispatches float kernels by CPU
 # (AVX512_SPR vs AVX512_SKX), so the last bit of some voxels moves between machines. Statistics agree to
 # ~1e-7 across machines and move by far more when the generator changes.
-PINNED_FILE = Path(__file__).parent / "data" / "phantom_pinned.json"
+PINNED_FILE = Path(__file__).parent / "pinned_statistics.json"
 PINNED_CASES = {
     "default": (11, dict(size=(48, 48), frames=3, dense_slices=24)),
     "thin_shifted": (

@@ -18,9 +18,9 @@ from calid_lightning.evaluation.segmentation import aggregate_segmentation, segm
 from calid_lightning.models.checkpoints import MODEL_CLASS_KEY, checkpoint_class, load_model
 from calid_lightning.models.segmenter import SegmenterModule, slice_dice
 from calid_lightning.models.vae import VAEModule
-from test_datamodule import MemoryReader, make_dm, make_subject, parse_cli
+from memory_data import MemoryReader, make_dm, make_subject, parse_cli
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 TINY = dict(channels=(8, 16, 32), strides=(2, 2), num_res_units=1, lr=3e-3)
 
 

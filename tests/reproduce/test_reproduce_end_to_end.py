@@ -14,7 +14,7 @@ import yaml
 
 from calid_lightning.reproduce.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_TRAIN = [
     "--trainer.max_steps=2",
     "--trainer.val_check_interval=2",

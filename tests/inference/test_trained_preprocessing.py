@@ -25,6 +25,7 @@ from calid_lightning.inference.nifti_io import (
 )
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from checkpoints import TINY_UNET, quiet_trainer, save_checkpoint, tiny_vae_checkpoint
+from memory_data import MemoryReader
 
 PERCENTILES = (5.0, 95.0)
 """Not the default, so a path that ignored the setting would normalise differently."""
@@ -50,19 +51,6 @@ def make_subject(subject_id: str, shape: tuple[int, int, int, int], seed: int = 
         labels=labels,
         labelled_frames=(0, nt // 2),
     )
-
-
-class MemoryReader:
-    """The reader protocol (list_subjects / read) over subjects held in memory."""
-
-    def __init__(self, subjects: list[CardiacSubject]) -> None:
-        self.subjects = {s.subject_id: s for s in subjects}
-
-    def list_subjects(self) -> list[str]:
-        return sorted(self.subjects)
-
-    def read(self, subject_id: str) -> CardiacSubject:
-        return self.subjects[subject_id]
 
 
 def memory_datamodule(subjects: list[CardiacSubject], root: Path, **kwargs: object) -> CardiacDataModule:

@@ -15,7 +15,7 @@ from calid_lightning.reproduce.runner import StageRunner, stage_keys, topologica
 from calid_lightning.reproduce.stages import Stage, last_checkpoint, plan, training_overrides, training_stages
 from calid_lightning.reproduce.table import build_table, write_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 FAKE_STAGE = textwrap.dedent(
     """
