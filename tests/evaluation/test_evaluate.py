@@ -19,7 +19,6 @@ from calid_lightning.data.subject import LV_CAVITY
 from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
-    evaluate_method,
     evaluate_run,
     heldout_positions,
     select_frames,
@@ -57,8 +56,9 @@ class Recording:
 def test_linear_is_near_perfect_on_linear_slices_and_nearest_is_worse() -> None:
     prepared = linear_subject()
     kept, heldout = heldout_plan(prepared.num_slices, 4, 0, "lin")
-    linear, seconds = evaluate_method("linear", IMAGE_BASELINES["linear"], prepared, kept, heldout, [0, 2])
-    nearest, _ = evaluate_method("nearest", IMAGE_BASELINES["nearest"], prepared, kept, heldout, [0, 2])
+    run = evaluate_run("linear", IMAGE_BASELINES["linear"], prepared, kept, heldout, [0, 2])
+    linear, seconds = run.records, run.seconds
+    nearest = evaluate_run("nearest", IMAGE_BASELINES["nearest"], prepared, kept, heldout, [0, 2]).records
     assert len(linear) == len(heldout) * 2 and seconds >= 0
     assert all(tuple(r) == RECORD_FIELDS for r in linear)
     assert {(r["z"], r["frame"]) for r in linear} == {(int(z), f) for z in heldout for f in (0, 2)}
@@ -73,7 +73,7 @@ def test_only_kept_slices_enter_the_input() -> None:
     prepared = linear_subject(z=12)
     kept, heldout = np.array([1, 4, 7, 10]), np.array([2, 3, 5, 6, 8, 9])
     fake = Recording()
-    records, _ = evaluate_method("fake", fake, prepared, kept, heldout, [1])
+    records = evaluate_run("fake", fake, prepared, kept, heldout, [1]).records
     ((stack, positions),) = fake.calls
     assert torch.equal(stack, torch.from_numpy(prepared.image[kept][:, [1]]).unsqueeze(2))
     assert positions == pytest.approx([1 / 3, 2 / 3, 4 / 3, 5 / 3, 7 / 3, 8 / 3])
@@ -83,7 +83,7 @@ def test_only_kept_slices_enter_the_input() -> None:
 def test_inconsistent_plans_are_rejected() -> None:
     prepared = linear_subject()
     with pytest.raises(ValueError, match="also kept"):
-        evaluate_method("x", Recording(), prepared, [0, 4, 8], [3, 4], [0])
+        evaluate_run("x", Recording(), prepared, [0, 4, 8], [3, 4], [0])
     with pytest.raises(ValueError, match="strictly inside"):
         heldout_positions([2, 6], [1])
     with pytest.raises(ValueError, match="evenly spaced"):

@@ -20,7 +20,6 @@ from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
     SEGMENTATION_FIELDS,
     SUBJECT_SEGMENTATION_FIELDS,
-    evaluate_method,
     evaluate_run,
 )
 from calid_lightning.evaluation.records import subjects_path
@@ -156,7 +155,8 @@ def test_unlabelled_frames_and_missing_ed_es_give_nan() -> None:
 
 
 def test_without_segmenter_records_keep_their_fields() -> None:
-    records, seconds = evaluate_method("linear", build_method("linear"), heart_subject(), KEPT, HELD, [0])
+    run = evaluate_run("linear", build_method("linear"), heart_subject(), KEPT, HELD, [0])
+    records, seconds = run.records, run.seconds
     assert all(tuple(r) == RECORD_FIELDS for r in records) and seconds >= 0
     assert "truth" in METHODS
 

@@ -52,6 +52,7 @@ from calid_lightning.inference.methods import (
     add_model_arguments,
     build_method,
     checked_methods,
+    models_from_args,
     training_mismatches,
 )
 from calid_lightning.inference.upsample import EngineUpsampler
@@ -268,12 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     names = checked_methods(parser, args, "evaluate-cine")
-    models = MethodModels(
-        checkpoint=args.checkpoint,
-        inflated_checkpoint=args.inflated_checkpoint,
-        device=args.device,
-        max_batch=args.max_batch,
-    )
+    models = models_from_args(args)
     try:
         methods = build_cine_methods(names, models)
     except (DataError, ValueError) as exc:

@@ -39,7 +39,6 @@ from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
     SEGMENTATION_FIELDS,
     SUBJECT_SEGMENTATION_FIELDS,
-    evaluate_method,
     evaluate_run,
     select_frames,
 )
@@ -48,11 +47,11 @@ from calid_lightning.evaluation.records import subject_row, subjects_path, write
 from calid_lightning.evaluation.table import summary_table
 from calid_lightning.inference.methods import (
     MEAN_DRAWS,
-    MethodModels,
     Upsampler,
     add_model_arguments,
     build_method,
     checked_methods,
+    models_from_args,
     training_mismatches,
 )
 from calid_lightning.models.checkpoints import load_model
@@ -104,7 +103,7 @@ def warm_up(
     kept, heldout = datamodule.heldout(subject_id)
     first = select_frames(prepared, frames)[:1]
     for method, upsampler in upsamplers.items():
-        evaluate_method(method, upsampler, prepared, kept, heldout, first, steps, seed)
+        evaluate_run(method, upsampler, prepared, kept, heldout, first, steps, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,13 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     methods = checked_methods(parser, args, "evaluate")
     try:
-        models = MethodModels(
-            checkpoint=args.checkpoint,
-            pixel_checkpoint=args.pixel_checkpoint,
-            device=args.device,
-            max_batch=args.max_batch,
-            mean_draws=args.mean_draws,
-        )
+        models = models_from_args(args)
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
         datamodule = build_datamodule(class_path, init_args)
         for warning in training_mismatches(models, datamodule.hparams):

@@ -42,12 +42,12 @@ from calid_lightning.data.subject import DataError
 from calid_lightning.evaluation.heldout import with_sampling
 from calid_lightning.evaluation.metrics import HEART_LABELS, Box, slice_heart_boxes, slice_metrics
 from calid_lightning.inference.methods import (
-    MethodModels,
     Upsampler,
     add_model_arguments,
     build_method,
     checked_methods,
     label_of,
+    models_from_args,
     training_mismatches,
 )
 from calid_lightning.inference.upsample import EngineUpsampler, upsample_stack
@@ -446,12 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         print("calid figures: no uncertainty figure: --samples 0", file=sys.stderr)
     start = time.perf_counter()
     try:
-        models = MethodModels(
-            checkpoint=args.checkpoint,
-            pixel_checkpoint=args.pixel_checkpoint,
-            device=args.device,
-            max_batch=args.max_batch,
-        )
+        models = models_from_args(args)
         class_path, init_args = data_init_args(args.data, args.data_override, args.factor)
         datamodule = build_datamodule(class_path, init_args)
         for warning in training_mismatches(models, datamodule.hparams):

@@ -116,31 +116,6 @@ def with_sampling(upsampler: Upsampler, steps: int | None, seed: int) -> Upsampl
     return upsampler
 
 
-def evaluate_method(
-    method_name: str,
-    upsampler: Upsampler,
-    prepared: PreparedSubject,
-    kept: Sequence[int],
-    heldout: Sequence[int],
-    frames: Sequence[int],
-    steps: int | None = None,
-    seed: int = 0,
-    margin: int = 4,
-    segmenter: Segmenter | None = None,
-) -> tuple[list[dict[str, Any]], float]:
-    """Reconstruct the held-out slices of ``prepared`` at ``frames`` from the kept slices and score them.
-
-    Returns one record per held-out slice and frame (fields :data:`RECORD_FIELDS`, plus
-    :data:`SEGMENTATION_FIELDS` with a ``segmenter``) and the seconds the upsampler took for the whole stack
-    (all frames at once; VAE encode / decode included). :func:`evaluate_run` also gives the per-subject
-    segmentation and volume summary.
-    """
-    run = evaluate_run(
-        method_name, upsampler, prepared, kept, heldout, frames, steps, seed, margin, segmenter
-    )
-    return run.records, run.seconds
-
-
 def evaluate_run(
     method_name: str,
     upsampler: Upsampler,
@@ -153,7 +128,11 @@ def evaluate_run(
     margin: int = 4,
     segmenter: Segmenter | None = None,
 ) -> MethodRun:
-    """:func:`evaluate_method` with the per-subject segmentation summary (see :class:`MethodRun`).
+    """Reconstruct the held-out slices of ``prepared`` at ``frames`` from the kept slices and score them.
+
+    The :class:`MethodRun` holds one record per held-out slice and frame (fields :data:`RECORD_FIELDS`,
+    plus :data:`SEGMENTATION_FIELDS` with a ``segmenter``), the seconds the upsampler took for the whole
+    stack (all frames at once; VAE encode / decode included) and the per-subject segmentation summary.
 
     For :class:`TrueSlices` the "reconstruction" is the true slices: image metrics are NaN (they would
     compare a slice with itself) and seconds 0.

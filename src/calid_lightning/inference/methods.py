@@ -146,6 +146,13 @@ def model_for(models: MethodModels, needs: str) -> Any:
         raise ValueError(f"{file.option} {exc}") from None
 
 
+def models_from_args(args: argparse.Namespace) -> MethodModels:
+    """The :class:`MethodModels` of a tool's parsed options (model files it does not offer stay None)."""
+    files = {dest: getattr(args, dest, None) for dest in MODEL_FILES if dest != "segmenter"}
+    draws = getattr(args, "mean_draws", MEAN_DRAWS)
+    return MethodModels(**files, device=args.device, max_batch=args.max_batch, mean_draws=draws)
+
+
 def _engine(interpolator: Any, models: MethodModels, order: str = "bisection") -> EngineUpsampler:
     return EngineUpsampler(interpolator, order=order, max_batch=models.max_batch, device=models.device)
 
