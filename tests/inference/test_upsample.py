@@ -288,10 +288,14 @@ def test_seeds_steps_and_sample_statistics_by_hand() -> None:
 
     torch.testing.assert_close(run(), run(seed=0), atol=0, rtol=0)  # the default seed is 0
     assert not torch.allclose(run(seed=0), run(seed=1))
-    both = upsample_stack(stack, positions, Recorder(noise=0.1), seed=5, samples=2)
-    runs = torch.stack([run(seed=5), run(seed=6)])  # samples use seeds seed .. seed + samples - 1
-    torch.testing.assert_close(both.dense, runs.mean(0), atol=1e-6, rtol=0)
-    torch.testing.assert_close(both.std, runs.std(0), atol=1e-6, rtol=0)
+    three = upsample_stack(stack, positions, Recorder(noise=0.1), seed=5, samples=3)
+    runs = torch.stack([run(seed=s) for s in (5, 6, 7)])  # samples use seeds seed .. seed + samples - 1
+    torch.testing.assert_close(three.dense, runs.mean(0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(three.std, runs.std(0), atol=1e-6, rtol=0)  # unbiased: / (samples - 1)
+    assert three.positions == positions
+    wide = upsample_stack(stack.double(), positions, Recorder(noise=0.1), seed=5, samples=3)
+    assert wide.dense.dtype == wide.std.dtype == torch.float64  # the stack's dtype, not float32
+    torch.testing.assert_close(wide.dense.float(), three.dense, atol=1e-6, rtol=0)
 
     class StepRecorder(Recorder):
         def interpolate(self, below, above, r, num_steps=None, generator=None):
@@ -354,3 +358,13 @@ def test_an_interpolator_without_size_multiple_is_not_padded() -> None:
     fake = Bare()
     upsample_stack(random_stack(z=2, n=1, h=5, w=7), [0.5], fake)
     assert fake.encoded_shapes == [(2, 1, 5, 7)]
+
+
+def test_own_progress_bar_only_when_asked_with_the_run_totals(capsys: pytest.CaptureFixture[str]) -> None:
+    stack, positions = random_stack(z=3, n=2), factor_positions(3, 4)  # 6 generated slices, 2 items
+    upsample_stack(stack, positions, Recorder(noise=0.1), samples=3)
+    assert capsys.readouterr().err == ""  # no bar by default
+    upsample_stack(stack, positions, Recorder(noise=0.1), samples=3, progress=True)
+    err = capsys.readouterr().err
+    # 3 samples x (6 slices x 2 items + 1 decode pass) = 39 units, the last phase in the description
+    assert "upsample 6 slices x 2 frames (decoding)" in err and "39/39" in err
