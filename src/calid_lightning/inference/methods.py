@@ -14,12 +14,12 @@ Built methods have the call shape ``at(stack (Z, N, 1, H, W), positions) -> (len
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
-import importlib
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,8 +29,16 @@ from torch import Tensor
 from calid_lightning.errors import DataError
 from calid_lightning.inference.baselines import IMAGE_BASELINES
 from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
+from calid_lightning.inference.nifti_io import trained_preprocessing
 from calid_lightning.inference.upsample import EngineUpsampler
-from calid_lightning.models.checkpoints import INFLATED_CLASS, PIXEL_CLASS, SEGMENTER_CLASS, SPATIAL_CLASS
+from calid_lightning.models.checkpoints import (
+    INFLATED_CLASS,
+    PIXEL_CLASS,
+    SEGMENTER_CLASS,
+    SPATIAL_CLASS,
+    load_model,
+    model_class_named,
+)
 
 TOOLS = ("evaluate", "evaluate-cine", "figures", "upsample")
 MEAN_DRAWS = 1
@@ -66,6 +74,8 @@ MODEL_FILES: dict[str, ModelFile] = {
     ),
 }
 """Model files by ``argparse`` destination."""
+INTERPOLATOR_FILES = ("checkpoint", "inflated_checkpoint", "pixel_checkpoint")
+"""The model files that hold interpolators (the fields of :class:`MethodModels`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,27 +138,30 @@ class CodecCeiling:
 @functools.lru_cache(maxsize=4)
 def _model(path: str, model_class: str, device: str) -> Any:
     """The model of ``path``, which must hold ``model_class`` (``module.Class``), loaded once per device."""
-    from calid_lightning.models.checkpoints import load_model
-
-    module_name, _, class_name = model_class.rpartition(".")
-    expected = getattr(importlib.import_module(module_name), class_name)
+    expected = model_class_named(model_class)
+    assert expected is not None, f"MODEL_FILES names no model class {model_class!r}"
     return load_model(path, expected, map_location=device).to(device)
 
 
-def model_for(models: MethodModels, needs: str) -> Any:
-    """The loaded model of the file ``needs`` (a key of :data:`MODEL_FILES`); ``ValueError`` without it."""
-    path, file = getattr(models, needs), MODEL_FILES[needs]
-    if not path:
-        raise ValueError(f"this method needs a {file.class_name} checkpoint ({file.option} CKPT)")
+@contextlib.contextmanager
+def naming_option(needs: str) -> Iterator[None]:
+    """A :class:`DataError` about the file ``needs`` (a key of :data:`MODEL_FILES`) as a ``ValueError``
+    that starts with the option giving it."""
     try:
-        return _model(str(path), file.model_class, models.device)
+        yield
     except DataError as exc:
-        raise ValueError(f"{file.option} {exc}") from None
+        raise ValueError(f"{MODEL_FILES[needs].option} {exc}") from None
+
+
+def model_for(models: MethodModels, needs: str) -> Any:
+    """The loaded model of the file ``needs`` (given: :func:`build_method` checks that first)."""
+    with naming_option(needs):
+        return _model(str(getattr(models, needs)), MODEL_FILES[needs].model_class, models.device)
 
 
 def models_from_args(args: argparse.Namespace) -> MethodModels:
     """The :class:`MethodModels` of a tool's parsed options (model files it does not offer stay None)."""
-    files = {dest: getattr(args, dest, None) for dest in MODEL_FILES if dest != "segmenter"}
+    files = {dest: getattr(args, dest, None) for dest in INTERPOLATOR_FILES}
     draws = getattr(args, "mean_draws", MEAN_DRAWS)
     return MethodModels(**files, device=args.device, max_batch=args.max_batch, mean_draws=draws)
 
@@ -176,8 +189,8 @@ def _cine(needs: str, shared: bool, mean: bool) -> Callable[[MethodModels], Engi
         if needs == "checkpoint":
             from calid_lightning.models.calid_inflated import CaLIDInflated
 
-            model_for(models, needs)  # refuses, naming the option, a file that is not a CaLIDSpatial
-            model: Any = CaLIDInflated(spatial_checkpoint=models.checkpoint, temporal_layers="none")
+            with naming_option(needs):  # a file that is not a CaLIDSpatial is refused, naming the option
+                model: Any = CaLIDInflated(spatial_checkpoint=models.checkpoint, temporal_layers="none")
             model = model.to(models.device).eval()
         else:  # a copy: the loaded model is shared, and frame_noise differs between these methods
             model = copy.deepcopy(model_for(models, needs))
@@ -313,18 +326,16 @@ def training_mismatches(models: MethodModels, data: Mapping[str, Any]) -> list[s
     a warning, not an error, since scoring a model on other settings is how its generalisation is measured.
     Checkpoints without the record are not checked.
     """
+    given = {
+        "intensity_percentiles": [float(p) for p in data["intensity_percentiles"]],
+        "pixel_spacing": data.get("pixel_spacing"),
+    }
     notes = []
-    from calid_lightning.inference.nifti_io import trained_preprocessing
-
-    for dest in ("checkpoint", "inflated_checkpoint", "pixel_checkpoint"):
+    for dest in INTERPOLATOR_FILES:
         path = getattr(models, dest)
         trained = trained_preprocessing(path) if path else None
         if trained is None or not trained.recorded:
             continue
-        given = {
-            "intensity_percentiles": [float(p) for p in data["intensity_percentiles"]],
-            "pixel_spacing": data.get("pixel_spacing"),
-        }
         expected = {
             "intensity_percentiles": list(trained.percentiles),
             "pixel_spacing": trained.pixel_spacing,

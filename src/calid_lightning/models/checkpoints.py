@@ -61,6 +61,18 @@ def _legacy_class_name(state_dict: dict[str, Any]) -> str | None:
     return None
 
 
+def model_class_named(name: str) -> type[LightningModule] | None:
+    """The model class that ``name`` (``calid_lightning.models.<module>.<Class>``) names, else None."""
+    module_name, _, class_name = name.rpartition(".")
+    if not module_name.startswith("calid_lightning.models."):
+        return None
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name, None)
+    except ImportError:
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, LightningModule) else None
+
+
 def checkpoint_class(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> type[LightningModule]:
     """The model class of a loaded checkpoint dict (its :data:`MODEL_CLASS_KEY`, else its weights).
 
@@ -80,14 +92,8 @@ def checkpoint_class(checkpoint: dict[str, Any], path: str | Path = "checkpoint"
             "holds a CaLID2DT (the from-scratch 3D U-Net 2D+T model), which was retired after losing every "
             "comparison; train the inflated 2D+T model instead (`make train-inflated`)",
         )
-    module_name, _, class_name = str(name).rpartition(".")
-    if not module_name.startswith("calid_lightning.models."):
-        raise DataError(path, f"'{MODEL_CLASS_KEY}' names {name!r}, which is not a calid_lightning model")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name, None)
-    except ImportError:
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, LightningModule)):
+    cls = model_class_named(str(name))
+    if cls is None:
         raise DataError(path, f"'{MODEL_CLASS_KEY}' names {name!r}, which is not a calid_lightning model")
     return cls
 
