@@ -1,11 +1,11 @@
-"""The conditional-mean wrapper: an average of the base's one-step estimates over noise draws."""
+"""The wrappers around a base interpolator: the conditional mean over noise draws, and detail transfer."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from calid_lightning.inference.interpolator import ConditionalMean, lerp
+from calid_lightning.inference.interpolator import DETAIL_WEIGHT, ConditionalMean, DetailTransfer, lerp
 
 
 class NoisyLerp:
@@ -56,3 +56,85 @@ def test_one_draw_is_the_base_estimate_and_codec_is_the_base_codec() -> None:
 def test_bad_draws_or_steps_are_refused(draws: int, steps: int) -> None:
     with pytest.raises(ValueError, match="draws >= 1 and steps >= 1"):
         ConditionalMean(NoisyLerp(), draws=draws, steps=steps)
+
+
+class PoolCodec:
+    """A lossy *linear* codec: 2x2 average pooling down, nearest-neighbour up (loses all detail finer
+    than 2 pixels), with latent lerp as its interpolator; counts the batch sizes it sees."""
+
+    size_multiple = 2
+
+    def __init__(self) -> None:
+        self.encoded: list[int] = []
+        self.decoded: list[int] = []
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.encoded.append(x.shape[0])
+        return 3 * torch.nn.functional.avg_pool2d(x.flatten(0, -3), 2).reshape(
+            *x.shape[:-2], -1, x.shape[-1] // 2
+        )
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self.decoded.append(z.shape[0])
+        return z.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2) / 3
+
+    def interpolate(self, below, above, r, num_steps=None, generator=None):
+        return lerp(below, above, r)
+
+
+def _slices(n: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    below, above = torch.rand(n, 1, 8, 8, generator=g) * 0.8, torch.rand(n, 1, 8, 8, generator=g) * 0.8
+    return below, above, torch.linspace(0.2, 0.8, n)
+
+
+def test_detail_transfer_over_a_linear_codec_and_latent_lerp_is_image_linear_interpolation() -> None:
+    codec = PoolCodec()
+    below, above, r = _slices()
+    got = DetailTransfer(codec, weight=1.0).interpolate(below, above, r)
+    torch.testing.assert_close(got, lerp(below, above, r))
+    assert codec.encoded == [6] and codec.decoded == [9]  # both neighbours in one call, three decodes in one
+    plain = codec.decode(codec.interpolate(codec.encode(below), codec.encode(above), r))
+    assert (plain - lerp(below, above, r)).abs().max() > 0.1  # the codec alone loses the detail
+
+
+def test_detail_weight_scales_the_blended_residual_and_zero_is_the_decoded_estimate() -> None:
+    codec = PoolCodec()
+    below, above, r = _slices(seed=1)
+    decoded = codec.decode(codec.interpolate(codec.encode(below), codec.encode(above), r))
+    residual = lerp(below - codec.decode(codec.encode(below)), above - codec.decode(codec.encode(above)), r)
+    for weight in (0.0, 0.5, 0.75):
+        got = DetailTransfer(codec, weight=weight).interpolate(below, above, r)
+        torch.testing.assert_close(got, (decoded + weight * residual).clamp(0, 1))
+    assert DetailTransfer(codec).weight == DETAIL_WEIGHT
+    assert DetailTransfer(codec).size_multiple == 2
+
+
+def test_detail_transfer_over_a_lossless_codec_is_the_inner_method() -> None:
+    below, above, r = _slices(seed=2)
+    inner = ConditionalMean(NoisyLerp(), draws=3)
+    got = DetailTransfer(inner, weight=1.0).interpolate(
+        below, above, r, generator=torch.Generator().manual_seed(4)
+    )
+    want = inner.decode(
+        inner.interpolate(2 * below, 2 * above, r, generator=torch.Generator().manual_seed(4))
+    )
+    torch.testing.assert_close(got, want.clamp(0, 1))
+    x = torch.rand(2, 1, 4, 4)
+    assert DetailTransfer(inner).encode(x) is x and DetailTransfer(inner).decode(x) is x  # images throughout
+
+
+def test_detail_transfer_is_mirror_symmetric_and_clamped_to_the_data_range() -> None:
+    codec = PoolCodec()
+    below, above, r = _slices(seed=3)
+    method = DetailTransfer(codec, weight=4.0)
+    forward = method.interpolate(below, above, r)
+    torch.testing.assert_close(method.interpolate(above, below, 1 - r), forward)
+    torch.testing.assert_close(method.interpolate(below.flip(-1), above.flip(-1), r), forward.flip(-1))
+    assert forward.min() == 0.0 and forward.max() == 1.0  # a large weight overshoots; the result is clamped
+
+
+@pytest.mark.parametrize("weight", [-0.1, float("nan")])
+def test_bad_detail_weight_is_refused(weight: float) -> None:
+    with pytest.raises(ValueError, match="weight >= 0"):
+        DetailTransfer(PoolCodec(), weight=weight)

@@ -45,9 +45,11 @@ def spatial(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_each_tool_offers_its_methods_in_table_order() -> None:
-    slices = ("calid_mean", "calid", "calid_sequential", "pixel", "lerp", "slerp", *IMAGES)
+    detail = ("calid_mean_detail", "calid_detail")
+    slices = (*detail, "calid_mean", "calid", "calid_sequential", "pixel", "lerp", "slerp", *IMAGES)
     assert methods_of("evaluate") == (*slices, "truth", "vae_truth")
     assert methods_of("evaluate-cine") == (
+        *detail,
         "calid_mean",
         "calid",
         *CINE,
@@ -57,6 +59,7 @@ def test_each_tool_offers_its_methods_in_table_order() -> None:
         *IMAGES,
     )
     assert methods_of("figures") == (
+        *detail,
         "calid_mean",
         "calid",
         "calid_sequential",

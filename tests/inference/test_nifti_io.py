@@ -278,3 +278,31 @@ def test_cli_estimate_mean_is_the_one_step_estimate_averaged_over_draws(tmp_path
     assert np.array_equal(mean1, one_step)
     assert not np.array_equal(mean4[:, :, 1::2], mean1[:, :, 1::2])
     assert np.array_equal(mean4[:, :, ::2], mean1[:, :, ::2])  # acquired slices copied either way
+
+
+def test_cli_detail_weight_adds_the_neighbours_residual_to_generated_slices_only(
+    tmp_path: Path, capsys
+) -> None:
+    """--detail-weight changes the generated slices (the residual of the untrained VAE is large), keeps the
+    acquired ones, and is refused for a method without a VAE."""
+    from calid_lightning.models.calid_spatial import CaLIDSpatial
+
+    torch.manual_seed(0)
+    model = CaLIDSpatial(vae_checkpoint=str(tiny_vae_checkpoint(tmp_path / "vae.ckpt")), **TINY_UNET)
+    ckpt = save_checkpoint(model, tmp_path / "calid.ckpt")
+    src = write_oblique(tmp_path / "sparse.nii.gz", shape=(12, 10, 3), dtype=np.float32)
+    base = ["upsample", "--input", str(src), "--factor", "2", "--quiet", "--device", "cpu"]
+
+    def run(name: str, *extra: str) -> np.ndarray:
+        out = tmp_path / f"{name}.nii.gz"
+        assert calid([*base, "--checkpoint", str(ckpt), "--output", str(out), *extra]) == 0
+        return np.asanyarray(nib.load(str(out)).dataobj)
+
+    mean = run("mean", "--estimate", "mean")
+    detailed = run("detail", "--estimate", "mean", "--detail-weight", "0.75")
+    assert np.array_equal(detailed[:, :, ::2], mean[:, :, ::2])
+    assert np.abs(detailed[:, :, 1::2] - mean[:, :, 1::2]).mean() > 1e-3
+    with pytest.raises(SystemExit) as exc:
+        calid([*base, "--method", "linear", "--output", str(tmp_path / "l.nii.gz"), "--detail-weight", "0.5"])
+    assert exc.value.code == 2
+    assert "--detail-weight 0.5 applies to --method calid only" in capsys.readouterr().err

@@ -28,7 +28,12 @@ from torch import Tensor
 
 from calid_lightning.errors import DataError
 from calid_lightning.inference.baselines import IMAGE_BASELINES
-from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
+from calid_lightning.inference.interpolator import (
+    DETAIL_WEIGHT,
+    ConditionalMean,
+    DetailTransfer,
+    LatentBlend,
+)
 from calid_lightning.inference.nifti_io import trained_preprocessing
 from calid_lightning.inference.upsample import EngineUpsampler
 from calid_lightning.models.checkpoints import (
@@ -88,6 +93,7 @@ class MethodModels:
     device: str = "cpu"
     max_batch: int = 64
     mean_draws: int = MEAN_DRAWS
+    detail_weight: float = DETAIL_WEIGHT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +169,10 @@ def models_from_args(args: argparse.Namespace) -> MethodModels:
     """The :class:`MethodModels` of a tool's parsed options (model files it does not offer stay None)."""
     files = {dest: getattr(args, dest, None) for dest in INTERPOLATOR_FILES}
     draws = getattr(args, "mean_draws", MEAN_DRAWS)
-    return MethodModels(**files, device=args.device, max_batch=args.max_batch, mean_draws=draws)
+    weight = getattr(args, "detail_weight", DETAIL_WEIGHT)
+    return MethodModels(
+        **files, device=args.device, max_batch=args.max_batch, mean_draws=draws, detail_weight=weight
+    )
 
 
 def _engine(interpolator: Any, models: MethodModels, order: str = "bisection") -> EngineUpsampler:
@@ -176,6 +185,17 @@ def _calid(models: MethodModels, order: str = "bisection") -> EngineUpsampler:
 
 def _calid_mean(models: MethodModels) -> EngineUpsampler:
     return _engine(ConditionalMean(model_for(models, "checkpoint"), draws=models.mean_draws), models)
+
+
+def _with_detail(mean: bool) -> Callable[[MethodModels], EngineUpsampler]:
+    """CaLID (one sample or the conditional mean) plus the neighbours' VAE residual (DetailTransfer)."""
+
+    def build(models: MethodModels) -> EngineUpsampler:
+        model = model_for(models, "checkpoint")
+        inner = ConditionalMean(model, draws=models.mean_draws) if mean else model
+        return _engine(DetailTransfer(inner, models.detail_weight), models)
+
+    return build
 
 
 def _latent_blend(kind: str) -> Callable[[MethodModels], EngineUpsampler]:
@@ -205,6 +225,22 @@ _SLICE = ("evaluate", "evaluate-cine", "figures")
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
+        Method(
+            "calid_mean_detail",
+            "CaLID, conditional mean + neighbours' VAE residual",
+            "CaLID mean + detail",
+            "checkpoint",
+            _SLICE,
+            _with_detail(mean=True),
+        ),
+        Method(
+            "calid_detail",
+            "CaLID, one sample + neighbours' VAE residual",
+            "CaLID + detail",
+            "checkpoint",
+            _SLICE,
+            _with_detail(mean=False),
+        ),
         Method("calid_mean", "CaLID, conditional mean", "CaLID mean", "checkpoint", _SLICE, _calid_mean),
         Method("calid", "CaLID, one sample", "CaLID", "checkpoint", (*_SLICE, "upsample"), _calid),
         Method(

@@ -29,12 +29,18 @@ import torch
 
 from calid_lightning.cli_options import (
     add_device_argument,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
 from calid_lightning.data.subject import DataError
-from calid_lightning.inference.interpolator import ConditionalMean, SliceInterpolator
+from calid_lightning.inference.interpolator import (
+    DETAIL_WEIGHT,
+    ConditionalMean,
+    DetailTransfer,
+    SliceInterpolator,
+)
 from calid_lightning.inference.methods import methods_of
 from calid_lightning.inference.nifti_io import (
     TrainedPreprocessing,
@@ -88,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mean-draws", type=positive_int, default=1, help="noise draws of --estimate mean (default 1)"
     )
+    parser.add_argument(
+        "--detail-weight",
+        type=non_negative_float,
+        default=0.0,
+        help="calid: add this weight of the neighbours' VAE residual, blended in image space, to each "
+        f"generated slice (0: off; {DETAIL_WEIGHT} scored best on the phantom, see docs/ablations.md)",
+    )
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(
         "--samples", type=positive_int, default=1, help="> 1: mean of N samples plus a std map"
@@ -120,7 +133,8 @@ def _interpolator(args: argparse.Namespace):
 
         interpolators = (CaLIDSpatial, CaLIDInflated, PixelSpatial)
         model = load_model(args.checkpoint, interpolators, map_location=args.device).to(args.device)
-        return ConditionalMean(model, draws=args.mean_draws) if args.estimate == "mean" else model
+        inner = ConditionalMean(model, draws=args.mean_draws) if args.estimate == "mean" else model
+        return DetailTransfer(inner, args.detail_weight) if args.detail_weight > 0 else inner
     if args.method == "linear":
         from calid_lightning.inference.baselines import ImageLinear
 
@@ -221,6 +235,8 @@ def _run(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.method == "calid" and not args.checkpoint:
         parser.error("--method calid needs --checkpoint CKPT (or pick --method linear|nearest|cubic)")
+    if args.detail_weight > 0 and args.method != "calid":
+        parser.error(f"--detail-weight {args.detail_weight:g} applies to --method calid only")
     if not args.output.endswith((".nii", ".nii.gz")):
         parser.error(f"--output {args.output}: must end in .nii or .nii.gz")
     if args.checkpoint and not Path(args.checkpoint).is_file():
