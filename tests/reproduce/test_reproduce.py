@@ -114,6 +114,15 @@ def test_runner_caches_and_reruns_what_changed(tmp_path: Path, fake_module: str)
     assert len(calls(tmp_path, "c")) == 2
 
 
+def test_ready_stages_start_in_plan_order_not_level_order(tmp_path: Path, fake_module: str) -> None:
+    """With one job, a stage listed first starts as soon as its needs are met, before stages of an earlier
+    topological level listed after it (the plan puts its longest chain first)."""
+    stages = [stage(tmp_path, "train"), stage(tmp_path, "long", ("train",)), stage(tmp_path, "short")]
+    runner, lines = quiet_runner(tmp_path, jobs=1)
+    assert runner.run(stages)
+    assert [line.split()[1] for line in lines if line.startswith("done")] == ["train", "long", "short"]
+
+
 def test_runner_stops_after_a_failure_and_shows_the_log(tmp_path: Path, fake_module: str) -> None:
     stages = [stage(tmp_path, "bad", (), "--fail"), stage(tmp_path, "after", ("bad",))]
     runner, lines = quiet_runner(tmp_path, jobs=1)

@@ -177,6 +177,10 @@ class StageRunner:
     def run(self, stages: Sequence[Stage], force: Iterable[str] = ()) -> bool:
         """Run every stage not yet finished, in dependency order; True when all finished.
 
+        Of the stages whose needs are met, the one listed first in ``stages`` starts first, so a plan puts
+        the stages of its longest chain first (with 2 jobs, the slow 2D+T evaluation must not wait behind
+        short ones).
+
         ``force`` names stages to run again even when finished (those after them run again too). After a
         failure no new stage starts, the running ones finish, and the failed stage's log tail is printed.
         """
@@ -195,6 +199,8 @@ class StageRunner:
             if finished:  # forced, or its input changed: train afresh, never resume the finished run
                 self._stamp(stage.name, "started").unlink(missing_ok=True)
             pending.append(stage)
+        plan_order = {stage.name: i for i, stage in enumerate(stages)}
+        pending.sort(key=lambda stage: plan_order[stage.name])  # of the ready stages, the first listed starts
         done = {s.name for s in ordered} - {s.name for s in pending}
         running: list[_Running] = []
         failed: list[str] = []

@@ -208,7 +208,23 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
         )
         return Stage(name, (*argv, "--out", str(out)), needs, (out,))
 
-    stages = []
+    stages = []  # the longest stage first: ready stages start in plan order (runner.Runner.run)
+    cine = ev.get("cine") or {}
+    cine_models = {
+        "calid_inflated": "--inflated-checkpoint",
+        "calid_spatial": "--checkpoint",
+    }
+    if cine and "calid_inflated" in trained:
+        factor = int(cine.get("factor", 4))
+        out, figure = eval_dir / f"cine_x{factor}.csv", figure_dir / f"intensity_over_time_x{factor}.png"
+        needs = tuple(name for name in cine_models if name in trained)
+        models = [arg for name in needs for arg in (cine_models[name], ckpt[name])]
+        cine_steps = ["--steps", str(cine["steps"])] if cine.get("steps") else steps
+        argv = ["evaluate-cine", *common, *models, *cine_steps]
+        argv += ["--factor", str(factor), "--frames", str(cine.get("frames", 8))]
+        argv += ["--methods", ",".join(cine.get("methods", ["calid_inflated", "calid", "linear"]))]
+        argv += ["--out", str(out), "--figure", str(figure)]
+        stages.append(Stage(f"eval_cine_x{factor}", tuple(argv), needs, (out, figure)))
     for factor in ev["factors"]:
         spatial = ["--checkpoint", ckpt["calid_spatial"]] if "calid_spatial" in trained else []
         needs = (*(("calid_spatial",) if spatial else ()), *seg_needs)
@@ -230,22 +246,6 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
             pixel_frames = str(pixel.get("frames", "ed_es"))
             needs = ("pixel_spatial", *seg_needs)
             stages.append(evaluate(f"eval_pixel_x{factor}", models, factor, "pixel", pixel_frames, needs))
-    cine = ev.get("cine") or {}
-    cine_models = {
-        "calid_inflated": "--inflated-checkpoint",
-        "calid_spatial": "--checkpoint",
-    }
-    if cine and "calid_inflated" in trained:
-        factor = int(cine.get("factor", 4))
-        out, figure = eval_dir / f"cine_x{factor}.csv", figure_dir / f"intensity_over_time_x{factor}.png"
-        needs = tuple(name for name in cine_models if name in trained)
-        models = [arg for name in needs for arg in (cine_models[name], ckpt[name])]
-        cine_steps = ["--steps", str(cine["steps"])] if cine.get("steps") else steps
-        argv = ["evaluate-cine", *common, *models, *cine_steps]
-        argv += ["--factor", str(factor), "--frames", str(cine.get("frames", 8))]
-        argv += ["--methods", ",".join(cine.get("methods", ["calid_inflated", "calid", "linear"]))]
-        argv += ["--out", str(out), "--figure", str(figure)]
-        stages.append(Stage(f"eval_cine_x{factor}", tuple(argv), needs, (out, figure)))
     figures = profile.figures
     if figures and "calid_spatial" in trained:
         factor = int(figures.get("factor", 4))
