@@ -10,6 +10,7 @@ wall, atria, outflow tract and aortic root carry the background label.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -290,16 +291,30 @@ def _sample_detail(
     return np.concatenate([trabeculae, np.array(heads)]), flow
 
 
+BLOB_BINS = 128
+"""Height buckets of :func:`_draw_blobs`."""
+
+
 def _draw_blobs(heart: Heart, u: np.ndarray, v: np.ndarray, hf: np.ndarray, r_en: np.ndarray) -> np.ndarray:
-    """Which points (all inside the cavity) fall in a trabecula or papillary head of ``heart.blobs``."""
+    """Which points (all inside the cavity) fall in a trabecula or papillary head of ``heart.blobs``.
+
+    The points are bucketed by height (``hf`` in [0, 1.4]) once, so each blob only visits its own range.
+    """
     hit = np.zeros(u.shape, bool)
-    for ang, frac, h, half, radius in heart.blobs:
-        near = np.flatnonzero(np.abs(hf - h) < half)
+    scale = (BLOB_BINS - 1) / 1.4
+    bins = np.clip(hf * scale, 0, BLOB_BINS - 1).astype(np.uint8)
+    order = np.argsort(bins, kind="stable")  # a radix sort for uint8 keys
+    starts = np.concatenate([[0], np.cumsum(np.bincount(bins, minlength=BLOB_BINS))])
+    for ang, frac, h, half, radius in heart.blobs.tolist():
+        lo = min(max(int((h - half) * scale) - 1, 0), BLOB_BINS - 1)
+        hi = min(max(int((h + half) * scale) + 1, 0), BLOB_BINS - 1)
+        span = order[starts[lo] : starts[hi + 1]]
+        near = span[np.abs(hf[span] - h) < half]
         if near.size == 0:
             continue
         level = 1 - ((hf[near] - h) / half) ** 2
         centre = frac * r_en[near]
-        du, dv = u[near] - centre * np.cos(ang), v[near] - centre * np.sin(ang)
+        du, dv = u[near] - centre * math.cos(ang), v[near] - centre * math.sin(ang)
         hit[near[du * du + dv * dv < radius * radius * level]] = True
     return hit
 
@@ -341,10 +356,13 @@ def render_heart(
     image: np.ndarray,
     labels: np.ndarray,
     envelope_margin: float = 0.0,
+    gain: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw the heart at contraction ``c`` into ``image`` / ``labels`` in place; return its envelope.
 
     ``envelope_margin`` (mm) widens the returned envelope (used to place mediastinal tissue in the context).
+    ``gain`` (image-shaped, ones) receives the blood-flow signal factor instead of ``image``: the image then
+    holds the piecewise-constant tissue values and ``image * gain`` is the drawn signal.
     """
     f = heart.frame(c)
     u0, v0, w = grid.u0, grid.v0, grid.w
@@ -394,10 +412,14 @@ def render_heart(
     above = (w >= base) & (w < base + 40)
     ot_angle, ot_half, ot_depth = heart.outflow
     ot_dir = np.array([np.cos(ot_angle), np.sin(ot_angle)])
-    near_ot = np.abs(_wrap(ang - ot_angle)) < ot_half
-    outflow = epi & ~cavity & near_ot & (w > base - ot_depth)
+    # The outflow tract and the aortic root lie in a band around the base: evaluated there only.
+    band = np.flatnonzero((w > base - ot_depth) & (w < base + 40))
+    ub, vb, pool_b = np.take(u, band), np.take(v, band), np.take(cavity, band)
+    near_ot = np.abs(_wrap(np.take(ang, band) - ot_angle)) < ot_half
+    outflow = band[np.take(epi, band) & ~pool_b & near_ot]
     ao_centre = ot_dir * 0.55 * heart.rv_centre
-    aorta = (np.hypot(u - ao_centre[0], v - ao_centre[1]) < 11.5) & (w > base - ot_depth) & (w < base + 40)
+    pool_b |= np.take(rv_in, band)
+    aorta = band[(np.hypot(ub - ao_centre[0], vb - ao_centre[1]) < 11.5) & ~pool_b]
 
     image[fat] = heart.fat_intensity
     labels[fat] = 0
@@ -416,7 +438,7 @@ def render_heart(
             arg = kx * pu + ky * pv + kz * pw + phase + 2 * np.pi * c
             field += weight * np.cos(arg)
         slow = (1 - hf.flat[pool]) ** 2  # slow apical flow gives less signal in bSSFP
-        image.flat[pool] *= 1 + heart.flow_amplitude * (field - 0.5 * slow)
+        (image if gain is None else gain).flat[pool] *= 1 + heart.flow_amplitude * (field - 0.5 * slow)
 
     # Papillary muscles and trabeculae only show inside the cavity: evaluated at its points only.
     inside = np.flatnonzero(cavity)
@@ -437,9 +459,11 @@ def render_heart(
         inner = np.flatnonzero(rhoc > 0.3 * r_enc)
         detail[inner] |= _draw_blobs(heart, uc[inner], vc[inner], hfc[inner], r_enc[inner])
     image.flat[inside[detail]] = heart.myocardium
+    if gain is not None:
+        gain.flat[inside[detail]] = 1  # the later tissues never overlap the blood pool
 
-    image[outflow] = heart.blood
-    labels[outflow] = 0
+    image.flat[outflow] = heart.blood
+    labels.flat[outflow] = 0
     atrial = np.flatnonzero(above)  # the atria are drawn above the base only: evaluated there
     ua, va, wa, ba = (np.take(a, atrial) for a in (u, v, w, base))
     for k, (offset, a, b, hr) in enumerate(heart.atria):
@@ -449,8 +473,8 @@ def render_heart(
         image.flat[wall] = heart.myocardium
         labels.flat[wall] = 0
         image.flat[atrial[q < 1]] = 0.9 * heart.blood
-    image[aorta & ~cavity & ~rv_in] = heart.blood
-    labels[aorta & ~cavity & ~rv_in & (labels == MYOCARDIUM)] = 0
+    image.flat[aorta] = heart.blood
+    labels.flat[aorta[np.take(labels, aorta) == MYOCARDIUM]] = 0
     if envelope_margin <= 0:
         return fat
     return dilated(fat_thick + envelope_margin) | (above & (rho < f.epi_radius + 25))
