@@ -55,8 +55,10 @@ def lowpass_matrix(
     weight = weight * window[np.round(freqs).astype(int) % n]
     if blur_mm > 0:
         weight = weight * np.sinc(2 * freqs * (blur_mm / pixel_mm) / n)
-    phase = 2 * np.pi * np.subtract.outer(xt, xf)[..., None] * freqs / n
-    return (np.cos(phase) @ weight / m).astype(np.float32)
+    # cos(a - b) = cos a cos b + sin a sin b: two (n, F) @ (F, n*s) products instead of an (n, n*s, F) cosine.
+    at, af = 2 * np.pi * np.outer(xt, freqs) / n, 2 * np.pi * np.outer(xf, freqs) / n
+    matrix = (np.cos(at) * weight) @ np.cos(af).T + (np.sin(at) * weight) @ np.sin(af).T
+    return (matrix / m).astype(np.float32)
 
 
 def slab_weights(centres: np.ndarray, thickness: float, fine_z: np.ndarray, fine_step: float) -> np.ndarray:
@@ -70,14 +72,14 @@ def slab_weights(centres: np.ndarray, thickness: float, fine_z: np.ndarray, fine
     return (np.clip(hi - lo, 0, None) / thickness).astype(np.float32)
 
 
-def acquire_slices(fine: np.ndarray, weights: np.ndarray, ax: np.ndarray, ay: np.ndarray) -> np.ndarray:
-    """Noise-free acquisition: ``fine (X*s, Y*s, Zf)`` -> slices ``(X, Y, n)`` (signed, real).
+def acquire_planes(fine: np.ndarray, weights: np.ndarray, ax: np.ndarray, ay: np.ndarray) -> np.ndarray:
+    """Noise-free acquisition: ``fine (X*s, Y*s, Zf)`` -> slices ``(n, X, Y)`` (signed, real).
 
     Slab integration first (it commutes with the in-plane truncation and leaves fewer slices to truncate).
     """
     xs, ys, zf = fine.shape
     slabs = (weights @ fine.reshape(-1, zf).T).reshape(-1, xs, ys)
-    return np.ascontiguousarray(np.moveaxis((ax @ slabs) @ ay.T, 0, 2))
+    return (ax @ slabs) @ ay.T
 
 
 def complex_noise(shape: tuple[int, ...], rng: np.random.Generator, kind: str = "none") -> np.ndarray:

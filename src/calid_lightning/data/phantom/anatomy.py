@@ -120,7 +120,9 @@ def _wall_modulation(
     """Circumferential wall-thickness factor (1 = mean wall); harmonic phases drift with the height ``hf``."""
     g = np.ones_like(angle)
     for k, (amp, phase, drift) in enumerate(harmonics, start=1):
-        g = g + amp * np.cos(k * angle - phase - drift * hf)
+        term = np.cos(k * angle - (drift * hf + phase))
+        term *= amp
+        g += term
     depth, centre, width = infarct
     if depth > 0:
         d = _wrap(angle - centre)
@@ -333,10 +335,17 @@ def heart_grid(heart: Heart, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> Hea
     x, y, z = np.broadcast_arrays(x, y, z)
     pts = (x, y, z)
     moved = []
+    arg = np.empty(x.shape, np.float32)
     for comp in heart.displacement:
         d = np.zeros(x.shape, np.float32)
         for amp, kx, ky, kz, phase in comp:
-            d += (amp * np.sin(kx * x + ky * y + kz * z + phase)).astype(np.float32)
+            np.multiply(x, kx, out=arg)
+            arg += ky * y
+            arg += kz * z
+            arg += phase
+            np.sin(arg, out=arg)
+            arg *= amp
+            d += arg
         moved.append(d)
     xd, yd, zd = (p + d for p, d in zip(pts, moved, strict=True))
     s = np.clip(1 - zd / heart.height, 0, 1.3) ** 2
@@ -346,7 +355,7 @@ def heart_grid(heart: Heart, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> Hea
 
 
 def _ellipsoid_level(w: np.ndarray, centre: float, half_length: float) -> np.ndarray:
-    return np.sqrt(np.clip(1 - ((w - centre) / half_length) ** 2, 0, None))
+    return np.sqrt(np.maximum(1 - ((w - centre) / half_length) ** 2, 0))
 
 
 def render_heart(
@@ -368,9 +377,9 @@ def render_heart(
     u0, v0, w = grid.u0, grid.v0, grid.w
     wm = np.clip(w * (heart.height / f.height), 0, 1.4 * heart.height)  # material height
     hf = wm / heart.height
-    theta = (
-        heart.angle0 + heart.angle_gradient * hf + c * (heart.twist_apex * (1 - hf) + heart.twist_base * hf)
-    )
+    # angle0 + angle_gradient * hf + c * (twist_apex * (1 - hf) + twist_base * hf), collected in hf
+    slope = heart.angle_gradient + c * (heart.twist_base - heart.twist_apex)
+    theta = hf * slope + (heart.angle0 + c * heart.twist_apex)
     ct, st = np.cos(theta), np.sin(theta)
     u, v = ct * u0 + st * v0, -st * u0 + ct * v0
     rho = np.hypot(u, v)
@@ -389,7 +398,7 @@ def render_heart(
 
     rv_scale = 1 - heart.rv_shrink * c
     ra, rb = heart.rv_axes[0] * rv_scale, heart.rv_axes[1] * rv_scale
-    rv_level = np.clip(1 - ((wm - heart.height) / (heart.height - heart.rv_apex)) ** 2, 0, None) * (
+    rv_level = np.maximum(1 - ((wm - heart.height) / (heart.height - heart.rv_apex)) ** 2, 0) * (
         wm < heart.height
     )
     du = u - heart.rv_centre
@@ -399,7 +408,7 @@ def render_heart(
     rv_out = ((du / (ra + t)) ** 2 + (v / (rb + t)) ** 2 < rv_level) & (below | (w < base + t)) & ~epi
 
     fat0, fat1, fat_k, fat_phase = heart.fat
-    fat_thick = fat0 + fat1 * np.clip(np.cos(fat_k * ang + fat_phase + wm / 15), 0, None) + 6 * hf**4
+    fat_thick = fat0 + fat1 * np.maximum(np.cos(fat_k * ang + (wm / 15 + fat_phase)), 0) + 6 * (hf * hf) ** 2
     apex_floor = f.centre - f.epi_length - 2
 
     def dilated(margin: np.ndarray | float) -> np.ndarray:
@@ -447,7 +456,7 @@ def render_heart(
     pr = heart.papillary_radius * (1 + 0.4 * c)
     for p_ang, p_rad, p_h, p_half in heart.papillary:
         pc = p_rad * f.endo_radius * np.array([np.cos(p_ang), np.sin(p_ang)])
-        level = np.clip(1 - ((hfc - p_h) / p_half) ** 2, 0, None)
+        level = np.maximum(1 - ((hfc - p_h) / p_half) ** 2, 0)
         detail |= (uc - pc[0]) ** 2 + (vc - pc[1]) ** 2 < pr**2 * level
     n1, ph1, lam, ph2, n2, ph3 = heart.trabeculae
     pattern = np.cos(n1 * angc + ph1 + wmc / 20) * np.cos(

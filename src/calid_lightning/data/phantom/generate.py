@@ -18,7 +18,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from calid_lightning.data.phantom.acquisition import (
-    acquire_slices,
+    acquire_planes,
     lowpass_matrix,
     majority_of_packed,
     noisy_magnitude,
@@ -58,8 +58,8 @@ class Scene:
     pixels (-1 elsewhere), and ``reach_grid`` / ``reach_fine`` hold the heart-frame coordinates and the flat
     indices in the fine box (``fine_box`` of the fine volume) of their ``s * s`` fine samples, one row per
     reach pixel. A frame only changes the fine box: ``context_box`` is the context there (flat) and
-    ``acquired_context`` the noise-free acquisition of the context alone, so a frame is acquired as that
-    plus the acquisition of its heart-minus-context difference in the box (the acquisition is linear).
+    ``acquired_context`` the noise-free acquisition ``(Z, X, Y)`` of the context alone, so a frame is
+    acquired as that plus the acquisition of its heart-minus-context difference in the box (linearity).
     """
 
     heart: Heart
@@ -147,7 +147,7 @@ def _scene(
     box = reach[0]
     fine_box = (slice(box[0].start * s, box[0].stop * s), slice(box[1].start * s, box[1].stop * s), box[2])
     context_box = context[fine_box].ravel()
-    return Scene(*static, *reach, fine_box, context_box, acquire_slices(context, weights, ax, ay))
+    return Scene(*static, *reach, fine_box, context_box, acquire_planes(context, weights, ax, ay))
 
 
 def _reach(
@@ -429,10 +429,9 @@ def _acquire(
     delta = None
     for t, c in enumerate(contractions):
         delta, labels[..., t] = _render_frame(scene, float(c), delta)
-        if delta.size:
-            image[..., t] = scene.acquired_context + acquire_slices(delta, *box_ops)
-        else:
-            image[..., t] = scene.acquired_context
+        frame = acquire_planes(delta, *box_ops) if delta.size else np.zeros_like(scene.acquired_context)
+        frame += scene.acquired_context
+        image[..., t] = frame.transpose(1, 2, 0)
         if separate:
             sparse_image[..., t] = sparse_context
             if delta.size:
