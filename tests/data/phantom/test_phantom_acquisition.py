@@ -53,7 +53,9 @@ def test_edge_spread_across_the_blood_myocardium_border_matches_the_simulated_ps
     assert step > 0.3  # blood much brighter than myocardium
     # The anatomy rendered finely and truncated by the same PSF predicts the acquired profile.
     scene = _scene_for(4, config)
-    fine, _ = _render_frame(scene, 0.0)
+    delta, _ = _render_frame(scene, 0.0)
+    fine = scene.context.copy()
+    fine[scene.fine_box] += delta
     expected = np.moveaxis((scene.ax @ np.moveaxis(fine @ scene.weights.T, 2, 0)) @ scene.ay.T, 0, 2)
     np.testing.assert_allclose(s.image[:, :, :, 0], np.abs(expected), atol=1e-4)
     # Not a 1-pixel step: at least one pixel at the border sits clearly between the two plateaus.

@@ -55,8 +55,10 @@ def lowpass_matrix(
     weight = weight * window[np.round(freqs).astype(int) % n]
     if blur_mm > 0:
         weight = weight * np.sinc(2 * freqs * (blur_mm / pixel_mm) / n)
-    phase = 2 * np.pi * np.subtract.outer(xt, xf)[..., None] * freqs / n
-    return (np.cos(phase) @ weight / m).astype(np.float32)
+    # cos(a - b) = cos a cos b + sin a sin b: two (n, F) @ (F, n*s) products instead of an (n, n*s, F) cosine.
+    at, af = 2 * np.pi * np.outer(xt, freqs) / n, 2 * np.pi * np.outer(xf, freqs) / n
+    matrix = (np.cos(at) * weight) @ np.cos(af).T + (np.sin(at) * weight) @ np.sin(af).T
+    return (matrix / m).astype(np.float32)
 
 
 def slab_weights(centres: np.ndarray, thickness: float, fine_z: np.ndarray, fine_step: float) -> np.ndarray:
@@ -70,14 +72,14 @@ def slab_weights(centres: np.ndarray, thickness: float, fine_z: np.ndarray, fine
     return (np.clip(hi - lo, 0, None) / thickness).astype(np.float32)
 
 
-def acquire_slices(fine: np.ndarray, weights: np.ndarray, ax: np.ndarray, ay: np.ndarray) -> np.ndarray:
-    """Noise-free acquisition: ``fine (X*s, Y*s, Zf)`` -> slices ``(X, Y, n)`` (signed, real).
+def acquire_planes(fine: np.ndarray, weights: np.ndarray, ax: np.ndarray, ay: np.ndarray) -> np.ndarray:
+    """Noise-free acquisition: ``fine (X*s, Y*s, Zf)`` -> slices ``(n, X, Y)`` (signed, real).
 
     Slab integration first (it commutes with the in-plane truncation and leaves fewer slices to truncate).
     """
     xs, ys, zf = fine.shape
     slabs = (weights @ fine.reshape(-1, zf).T).reshape(-1, xs, ys)
-    return np.ascontiguousarray(np.moveaxis((ax @ slabs) @ ay.T, 0, 2))
+    return (ax @ slabs) @ ay.T
 
 
 def complex_noise(shape: tuple[int, ...], rng: np.random.Generator, kind: str = "none") -> np.ndarray:
@@ -99,8 +101,8 @@ def _noise_window(shape: tuple[int, ...], kind: str) -> np.ndarray:
     return (w2 / np.sqrt(np.mean(w2**2))).astype(np.float32).reshape(*shape[:2], *([1] * (len(shape) - 2)))
 
 
-NOISE_CHUNK = 1 << 21
-"""Complex samples per chunk of :func:`noisy_magnitude` (16 MiB of complex64)."""
+NOISE_CHUNK = 1 << 19
+"""Complex samples per chunk of :func:`noisy_magnitude` (4 MiB of complex64)."""
 
 
 def noisy_magnitude(
@@ -108,27 +110,30 @@ def noisy_magnitude(
 ) -> None:
     """In place ``image = |image + sigma * noise[:, :, at]|`` for each ``(image, at)``, one noise draw.
 
-    The noise is :func:`complex_noise` of the first image's shape (``(X, Y, Z, T)``), the same numbers, but
-    windowed, transformed and applied a few frames at a time, so no full-size complex temporary is made;
-    ``at`` picks the slices of the noise an image uses (``slice(None)`` for the first). Each FFT is along
-    the same axes of the same values, so the result equals ``magnitude(image, sigma, complex_noise(...))``
-    bit for bit.
+    The noise has the statistics of :func:`complex_noise` of the first image's shape (``(X, Y, Z, T)``):
+    white complex Gaussian k-space samples, drawn straight into a complex64 buffer a few slices (all
+    frames) at a time, windowed (``sigma`` folded into the window) and transformed, so no full-size
+    temporary is made. ``at`` (ascending slice indices, or ``slice(None)``) picks the slices an image uses.
     """
     shape = images[0][0].shape
-    white = rng.standard_normal((2, *shape), dtype=np.float32)
-    window = None if kind == "none" else _noise_window(shape, kind)
-    step = max(1, NOISE_CHUNK // max(1, int(np.prod(shape[:-1]))))
-    for t0 in range(0, shape[-1], step):
-        frames = slice(t0, min(t0 + step, shape[-1]))
-        k = white[0][..., frames] + 1j * white[1][..., frames]
-        if window is None:
-            noise = k
-        else:
-            k *= window
-            noise = fft.ifft2(k, axes=(0, 1), norm="ortho", overwrite_x=True)
-        for image, at in images:
-            part = noise if isinstance(at, slice) and at == slice(None) else noise[:, :, at]
-            image[..., frames] = np.abs(image[..., frames] + sigma * part)
+    nx, ny, nz, rest = shape[0], shape[1], shape[2], shape[3:]
+    window = np.ones((nx, ny)) if kind == "none" else _noise_window((nx, ny), kind)
+    window = (window * sigma).astype(np.float32).reshape(nx, ny, *([1] * (len(shape) - 2)))
+    positions = [np.arange(nz) if isinstance(at, slice) else np.asarray(at) for _, at in images]
+    step = max(1, min(nz, NOISE_CHUNK // (nx * ny * int(np.prod(rest)))))
+    buffer = np.empty((nx, ny, step, *rest, 2), np.float32)
+    for z0 in range(0, nz, step):
+        part = buffer if z0 + step <= nz else np.empty((nx, ny, nz - z0, *rest, 2), np.float32)
+        rng.standard_normal(dtype=np.float32, out=part)
+        noise = part.view(np.complex64)[..., 0]
+        noise *= window
+        if kind != "none":
+            noise = fft.ifft2(noise, axes=(0, 1), norm="ortho", overwrite_x=True, workers=1)
+        for (image, _), pos in zip(images, positions, strict=True):
+            lo, hi = np.searchsorted(pos, [z0, z0 + part.shape[2]])
+            if hi > lo:
+                target = image[:, :, lo:hi]
+                np.abs(target + noise[:, :, pos[lo:hi] - z0], out=target)
 
 
 def magnitude(image: np.ndarray, sigma: float | None, noise: np.ndarray | None) -> np.ndarray:

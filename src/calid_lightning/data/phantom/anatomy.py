@@ -10,6 +10,7 @@ wall, atria, outflow tract and aortic root carry the background label.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,7 +120,9 @@ def _wall_modulation(
     """Circumferential wall-thickness factor (1 = mean wall); harmonic phases drift with the height ``hf``."""
     g = np.ones_like(angle)
     for k, (amp, phase, drift) in enumerate(harmonics, start=1):
-        g = g + amp * np.cos(k * angle - phase - drift * hf)
+        term = np.cos(k * angle - (drift * hf + phase))
+        term *= amp
+        g += term
     depth, centre, width = infarct
     if depth > 0:
         d = _wrap(angle - centre)
@@ -290,16 +293,30 @@ def _sample_detail(
     return np.concatenate([trabeculae, np.array(heads)]), flow
 
 
+BLOB_BINS = 128
+"""Height buckets of :func:`_draw_blobs`."""
+
+
 def _draw_blobs(heart: Heart, u: np.ndarray, v: np.ndarray, hf: np.ndarray, r_en: np.ndarray) -> np.ndarray:
-    """Which points (all inside the cavity) fall in a trabecula or papillary head of ``heart.blobs``."""
+    """Which points (all inside the cavity) fall in a trabecula or papillary head of ``heart.blobs``.
+
+    The points are bucketed by height (``hf`` in [0, 1.4]) once, so each blob only visits its own range.
+    """
     hit = np.zeros(u.shape, bool)
-    for ang, frac, h, half, radius in heart.blobs:
-        near = np.flatnonzero(np.abs(hf - h) < half)
+    scale = (BLOB_BINS - 1) / 1.4
+    bins = np.clip(hf * scale, 0, BLOB_BINS - 1).astype(np.uint8)
+    order = np.argsort(bins, kind="stable")  # a radix sort for uint8 keys
+    starts = np.concatenate([[0], np.cumsum(np.bincount(bins, minlength=BLOB_BINS))])
+    for ang, frac, h, half, radius in heart.blobs.tolist():
+        lo = min(max(int((h - half) * scale) - 1, 0), BLOB_BINS - 1)
+        hi = min(max(int((h + half) * scale) + 1, 0), BLOB_BINS - 1)
+        span = order[starts[lo] : starts[hi + 1]]
+        near = span[np.abs(hf[span] - h) < half]
         if near.size == 0:
             continue
         level = 1 - ((hf[near] - h) / half) ** 2
         centre = frac * r_en[near]
-        du, dv = u[near] - centre * np.cos(ang), v[near] - centre * np.sin(ang)
+        du, dv = u[near] - centre * math.cos(ang), v[near] - centre * math.sin(ang)
         hit[near[du * du + dv * dv < radius * radius * level]] = True
     return hit
 
@@ -318,10 +335,17 @@ def heart_grid(heart: Heart, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> Hea
     x, y, z = np.broadcast_arrays(x, y, z)
     pts = (x, y, z)
     moved = []
+    arg = np.empty(x.shape, np.float32)
     for comp in heart.displacement:
         d = np.zeros(x.shape, np.float32)
         for amp, kx, ky, kz, phase in comp:
-            d += (amp * np.sin(kx * x + ky * y + kz * z + phase)).astype(np.float32)
+            np.multiply(x, kx, out=arg)
+            arg += ky * y
+            arg += kz * z
+            arg += phase
+            np.sin(arg, out=arg)
+            arg *= amp
+            d += arg
         moved.append(d)
     xd, yd, zd = (p + d for p, d in zip(pts, moved, strict=True))
     s = np.clip(1 - zd / heart.height, 0, 1.3) ** 2
@@ -331,7 +355,7 @@ def heart_grid(heart: Heart, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> Hea
 
 
 def _ellipsoid_level(w: np.ndarray, centre: float, half_length: float) -> np.ndarray:
-    return np.sqrt(np.clip(1 - ((w - centre) / half_length) ** 2, 0, None))
+    return np.sqrt(np.maximum(1 - ((w - centre) / half_length) ** 2, 0))
 
 
 def render_heart(
@@ -341,18 +365,21 @@ def render_heart(
     image: np.ndarray,
     labels: np.ndarray,
     envelope_margin: float = 0.0,
+    gain: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw the heart at contraction ``c`` into ``image`` / ``labels`` in place; return its envelope.
 
     ``envelope_margin`` (mm) widens the returned envelope (used to place mediastinal tissue in the context).
+    ``gain`` (image-shaped, ones) receives the blood-flow signal factor instead of ``image``: the image then
+    holds the piecewise-constant tissue values and ``image * gain`` is the drawn signal.
     """
     f = heart.frame(c)
     u0, v0, w = grid.u0, grid.v0, grid.w
     wm = np.clip(w * (heart.height / f.height), 0, 1.4 * heart.height)  # material height
     hf = wm / heart.height
-    theta = (
-        heart.angle0 + heart.angle_gradient * hf + c * (heart.twist_apex * (1 - hf) + heart.twist_base * hf)
-    )
+    # angle0 + angle_gradient * hf + c * (twist_apex * (1 - hf) + twist_base * hf), collected in hf
+    slope = heart.angle_gradient + c * (heart.twist_base - heart.twist_apex)
+    theta = hf * slope + (heart.angle0 + c * heart.twist_apex)
     ct, st = np.cos(theta), np.sin(theta)
     u, v = ct * u0 + st * v0, -st * u0 + ct * v0
     rho = np.hypot(u, v)
@@ -371,7 +398,7 @@ def render_heart(
 
     rv_scale = 1 - heart.rv_shrink * c
     ra, rb = heart.rv_axes[0] * rv_scale, heart.rv_axes[1] * rv_scale
-    rv_level = np.clip(1 - ((wm - heart.height) / (heart.height - heart.rv_apex)) ** 2, 0, None) * (
+    rv_level = np.maximum(1 - ((wm - heart.height) / (heart.height - heart.rv_apex)) ** 2, 0) * (
         wm < heart.height
     )
     du = u - heart.rv_centre
@@ -381,7 +408,7 @@ def render_heart(
     rv_out = ((du / (ra + t)) ** 2 + (v / (rb + t)) ** 2 < rv_level) & (below | (w < base + t)) & ~epi
 
     fat0, fat1, fat_k, fat_phase = heart.fat
-    fat_thick = fat0 + fat1 * np.clip(np.cos(fat_k * ang + fat_phase + wm / 15), 0, None) + 6 * hf**4
+    fat_thick = fat0 + fat1 * np.maximum(np.cos(fat_k * ang + (wm / 15 + fat_phase)), 0) + 6 * (hf * hf) ** 2
     apex_floor = f.centre - f.epi_length - 2
 
     def dilated(margin: np.ndarray | float) -> np.ndarray:
@@ -394,10 +421,14 @@ def render_heart(
     above = (w >= base) & (w < base + 40)
     ot_angle, ot_half, ot_depth = heart.outflow
     ot_dir = np.array([np.cos(ot_angle), np.sin(ot_angle)])
-    near_ot = np.abs(_wrap(ang - ot_angle)) < ot_half
-    outflow = epi & ~cavity & near_ot & (w > base - ot_depth)
+    # The outflow tract and the aortic root lie in a band around the base: evaluated there only.
+    band = np.flatnonzero((w > base - ot_depth) & (w < base + 40))
+    ub, vb, pool_b = np.take(u, band), np.take(v, band), np.take(cavity, band)
+    near_ot = np.abs(_wrap(np.take(ang, band) - ot_angle)) < ot_half
+    outflow = band[np.take(epi, band) & ~pool_b & near_ot]
     ao_centre = ot_dir * 0.55 * heart.rv_centre
-    aorta = (np.hypot(u - ao_centre[0], v - ao_centre[1]) < 11.5) & (w > base - ot_depth) & (w < base + 40)
+    pool_b |= np.take(rv_in, band)
+    aorta = band[(np.hypot(ub - ao_centre[0], vb - ao_centre[1]) < 11.5) & ~pool_b]
 
     image[fat] = heart.fat_intensity
     labels[fat] = 0
@@ -416,7 +447,7 @@ def render_heart(
             arg = kx * pu + ky * pv + kz * pw + phase + 2 * np.pi * c
             field += weight * np.cos(arg)
         slow = (1 - hf.flat[pool]) ** 2  # slow apical flow gives less signal in bSSFP
-        image.flat[pool] *= 1 + heart.flow_amplitude * (field - 0.5 * slow)
+        (image if gain is None else gain).flat[pool] *= 1 + heart.flow_amplitude * (field - 0.5 * slow)
 
     # Papillary muscles and trabeculae only show inside the cavity: evaluated at its points only.
     inside = np.flatnonzero(cavity)
@@ -425,7 +456,7 @@ def render_heart(
     pr = heart.papillary_radius * (1 + 0.4 * c)
     for p_ang, p_rad, p_h, p_half in heart.papillary:
         pc = p_rad * f.endo_radius * np.array([np.cos(p_ang), np.sin(p_ang)])
-        level = np.clip(1 - ((hfc - p_h) / p_half) ** 2, 0, None)
+        level = np.maximum(1 - ((hfc - p_h) / p_half) ** 2, 0)
         detail |= (uc - pc[0]) ** 2 + (vc - pc[1]) ** 2 < pr**2 * level
     n1, ph1, lam, ph2, n2, ph3 = heart.trabeculae
     pattern = np.cos(n1 * angc + ph1 + wmc / 20) * np.cos(
@@ -437,9 +468,11 @@ def render_heart(
         inner = np.flatnonzero(rhoc > 0.3 * r_enc)
         detail[inner] |= _draw_blobs(heart, uc[inner], vc[inner], hfc[inner], r_enc[inner])
     image.flat[inside[detail]] = heart.myocardium
+    if gain is not None:
+        gain.flat[inside[detail]] = 1  # the later tissues never overlap the blood pool
 
-    image[outflow] = heart.blood
-    labels[outflow] = 0
+    image.flat[outflow] = heart.blood
+    labels.flat[outflow] = 0
     atrial = np.flatnonzero(above)  # the atria are drawn above the base only: evaluated there
     ua, va, wa, ba = (np.take(a, atrial) for a in (u, v, w, base))
     for k, (offset, a, b, hr) in enumerate(heart.atria):
@@ -449,8 +482,8 @@ def render_heart(
         image.flat[wall] = heart.myocardium
         labels.flat[wall] = 0
         image.flat[atrial[q < 1]] = 0.9 * heart.blood
-    image[aorta & ~cavity & ~rv_in] = heart.blood
-    labels[aorta & ~cavity & ~rv_in & (labels == MYOCARDIUM)] = 0
+    image.flat[aorta] = heart.blood
+    labels.flat[aorta[np.take(labels, aorta) == MYOCARDIUM]] = 0
     if envelope_margin <= 0:
         return fat
     return dilated(fat_thick + envelope_margin) | (above & (rho < f.epi_radius + 25))

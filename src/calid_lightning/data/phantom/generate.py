@@ -18,7 +18,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from calid_lightning.data.phantom.acquisition import (
-    acquire_slices,
+    acquire_planes,
     lowpass_matrix,
     majority_of_packed,
     noisy_magnitude,
@@ -56,7 +56,10 @@ class Scene:
     the pixels that can be an edge in some frame - the candidates and their in-plane neighbours, "reach";
     ``box_candidates`` are the candidates' flat indices in the box, ``slot`` (box-shaped) numbers the reach
     pixels (-1 elsewhere), and ``reach_grid`` / ``reach_fine`` hold the heart-frame coordinates and the flat
-    fine-volume indices of their ``s * s`` fine samples, one row per reach pixel.
+    indices in the fine box (``fine_box`` of the fine volume) of their ``s * s`` fine samples, one row per
+    reach pixel. A frame only changes the fine box: ``context_box`` is the context there (flat) and
+    ``acquired_context`` the noise-free acquisition ``(Z, X, Y)`` of the context alone, so a frame is
+    acquired as that plus the acquisition of its heart-minus-context difference in the box (linearity).
     """
 
     heart: Heart
@@ -78,6 +81,9 @@ class Scene:
     slot: np.ndarray
     reach_grid: HeartGrid
     reach_fine: np.ndarray
+    fine_box: tuple[slice, slice, slice]
+    context_box: np.ndarray
+    acquired_context: np.ndarray
 
 
 # The in-plane neighbour pairs compared to find edges: (a, b) index the two sides of each offset.
@@ -138,7 +144,10 @@ def _scene(
     ay = lowpass_matrix(len(y), s, config.kspace_filter, blur_mm=blur, pixel_mm=dx)
     reach = _reach(heart, x, y, zf, offsets, candidates, near.shape)
     static = (heart, s, n_sub, margin, x, y, zf, offsets, candidates, grid, context, weights, ax, ay)
-    return Scene(*static, *reach)
+    box = reach[0]
+    fine_box = (slice(box[0].start * s, box[0].stop * s), slice(box[1].start * s, box[1].stop * s), box[2])
+    context_box = context[fine_box].ravel()
+    return Scene(*static, *reach, fine_box, context_box, acquire_planes(context, weights, ax, ay))
 
 
 def _reach(
@@ -179,23 +188,26 @@ def _reach(
     pz = np.broadcast_to(zf[rz][:, None, None], (rx.size, s, s))
     sub = heart_grid(heart, px, py, pz)
     grid = HeartGrid(*(a.reshape(rx.size, s * s) for a in (sub.u0, sub.v0, sub.w)))
-    fine_x = (rx[:, None] * s + np.arange(s))[:, :, None]
-    fine_y = (ry[:, None] * s + np.arange(s))[:, None, :]
-    fine = (fine_x * (len(y) * s) + fine_y) * shape[2] + rz[:, None, None]
+    fine_x = ((rx - box[0].start)[:, None] * s + np.arange(s))[:, :, None]
+    fine_y = ((ry - box[1].start)[:, None] * s + np.arange(s))[:, None, :]
+    fine = (fine_x * (slot.shape[1] * s) + fine_y) * slot.shape[2] + (rz - box[2].start)[:, None, None]
     return box, box_candidates, slot, grid, fine.reshape(rx.size, s * s).astype(np.intp)
 
 
 def _render_frame(scene: Scene, c: float, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Finely sampled signal ``(X*s, Y*s, Zf)`` of one frame at contraction ``c``, its labels ``(X, Y, Z)``.
+    """Fine heart-minus-context difference in the fine box of one frame at contraction ``c``, its labels.
 
-    One sample per pixel first; pixels whose 3x3 neighbourhood (in plane) is uniform keep that sample in
-    all ``s x s`` fine samples, the others (edges) are rendered at every fine sample. The labels are the
+    The difference is shaped like ``scene.context[scene.fine_box]``, the labels ``(X, Y, Z)``. One sample
+    per pixel first; pixels whose 3x3 neighbourhood (in plane) holds the same tissue keep that sample in
+    all ``s x s`` fine samples, the others (edges) are rendered at every fine sample. Tissue is compared
+    before the smooth blood-flow factor, which a uniform pixel takes at its centre. The labels are the
     majority class of each voxel's fine samples (:func:`~.acquisition.majority_labels` of the fine labels,
-    counted per pixel: a uniform pixel counts ``s * s`` of its class). ``out`` (fine-shaped) is reused.
+    counted per pixel: a uniform pixel counts ``s * s`` of its class). ``out`` (box-shaped) is reused.
     """
     heart, s, slot, at = scene.heart, scene.s, scene.slot, scene.box_candidates
     values, labels = np.full(at.size, SENTINEL), np.zeros(at.size, np.uint8)
-    render_heart(heart, scene.grid, c, values, labels)
+    gain = np.ones(at.size, np.float32)
+    render_heart(heart, scene.grid, c, values, labels, gain=gain)
     coarse = np.full(slot.shape, SENTINEL)
     coarse.flat[at] = values
     coarse_labels = np.zeros(slot.shape, np.uint8)
@@ -205,33 +217,35 @@ def _render_frame(scene: Scene, c: float, out: np.ndarray | None = None) -> tupl
         differ = (coarse[sl_a] != coarse[sl_b]) | (coarse_labels[sl_a] != coarse_labels[sl_b])
         edge[sl_a] |= differ
         edge[sl_b] |= differ
-    if out is None:
-        fine = scene.context.copy()
-    else:
-        fine = out
-        np.copyto(fine, scene.context)
-    flat = fine.reshape(-1)
+    shape = (slot.shape[0] * s, slot.shape[1] * s, slot.shape[2])
+    delta = np.zeros(shape, np.float32) if out is None else out
+    delta.fill(0)
+    flat, context = delta.reshape(-1), scene.context_box
     uniform = (values != SENTINEL) & ~edge.flat[at]
-    flat[scene.reach_fine[slot.flat[at[uniform]]]] = values[uniform][:, None]
+    index = scene.reach_fine[slot.flat[at[uniform]]]
+    flat[index] = (values[uniform] * gain[uniform])[:, None] - context[index]
     edges = np.flatnonzero(edge)
     rows = slot.flat[edges]
     lab_e = np.zeros((rows.size, s * s), np.uint8)
     if rows.size:
         index = scene.reach_fine[rows]
-        img_e = flat[index]
+        img_e = context[index]
         g = scene.reach_grid
         render_heart(heart, HeartGrid(g.u0[rows], g.v0[rows], g.w[rows]), c, img_e, lab_e)
-        flat[index] = img_e
+        flat[index] = img_e - context[index]
     # Packed class counts (pack_labels) of each pixel's s x s fine samples; empty pixels hold background.
     drawn_labels = np.where(coarse != SENTINEL, coarse_labels, 0).astype(np.uint32)
     box_counts = np.left_shift(np.uint32(s * s), 6 * drawn_labels)
     box_counts.flat[edges] = pack_labels(lab_e).sum(axis=1, dtype=np.uint32)
-    counts = np.full((len(scene.x), len(scene.y), len(scene.zf)), s * s, np.uint32)
-    counts[scene.box] = box_counts
+    counts = np.full((*slot.shape[:2], len(scene.zf)), s * s, np.uint32)
+    counts[:, :, scene.box[2]] = box_counts
     nz, n_sub, m = scene.weights.shape[0], scene.n_sub, scene.margin
-    voxel = counts[:, :, m : m + nz * n_sub].reshape(*counts.shape[:2], nz, n_sub)
-    summed = voxel.sum(axis=3, dtype=np.uint32)
-    return fine, majority_of_packed(summed)
+    summed = counts[:, :, m : m + nz * n_sub : n_sub].copy()
+    for j in range(1, n_sub):
+        summed += counts[:, :, m + j : m + nz * n_sub : n_sub]
+    frame_labels = np.zeros((len(scene.x), len(scene.y), nz), np.uint8)
+    frame_labels[scene.box[:2]] = majority_of_packed(summed)
+    return delta, frame_labels
 
 
 def _wall_thickness(labels: np.ndarray, dx: float, dy: float) -> float:
@@ -408,14 +422,20 @@ def _acquire(
             )
             for sx, sy in shifts_px.T
         ]
-    fine = np.empty_like(scene.context)
+        sparse_context = _slab_products(scene.context, sparse_weights, ops)
+        box_sparse = [(ax[:, scene.fine_box[0]], ay[:, scene.fine_box[1]]) for ax, ay in ops]
+    fx, fy, fz = scene.fine_box
+    box_ops = (np.ascontiguousarray(scene.weights[:, fz]), scene.ax[:, fx].copy(), scene.ay[:, fy].copy())
+    delta = None
     for t, c in enumerate(contractions):
-        fine, labels[..., t] = _render_frame(scene, float(c), fine)
-        image[..., t] = acquire_slices(fine, scene.weights, scene.ax, scene.ay)
+        delta, labels[..., t] = _render_frame(scene, float(c), delta)
+        frame = acquire_planes(delta, *box_ops) if delta.size else np.zeros_like(scene.acquired_context)
+        frame += scene.acquired_context
+        image[..., t] = frame.transpose(1, 2, 0)
         if separate:
-            slabs = (fine.reshape(-1, fine.shape[2]) @ sparse_weights.T).reshape(*fine.shape[:2], -1)
-            for j, (ax, ay) in enumerate(ops):
-                sparse_image[:, :, j, t] = ax @ slabs[:, :, j] @ ay.T
+            sparse_image[..., t] = sparse_context
+            if delta.size:
+                sparse_image[..., t] += _slab_products(delta, sparse_weights[:, fz], box_sparse)
     if not separate:
         return image, labels, None, None
     sparse_labels = np.stack(
@@ -426,6 +446,14 @@ def _acquire(
         axis=2,
     )
     return image, labels, sparse_image, sparse_labels
+
+
+def _slab_products(
+    fine: np.ndarray, weights: np.ndarray, ops: list[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Slices ``(X, Y, n)``: slab ``j`` of ``fine`` (``weights`` row ``j``) through its own ``ops[j]``."""
+    slabs = (fine.reshape(-1, fine.shape[2]) @ weights.T).reshape(*fine.shape[:2], -1)
+    return np.stack([ax @ slabs[:, :, j] @ ay.T for j, (ax, ay) in enumerate(ops)], axis=2)
 
 
 def _is_cached(folder: Path, seed: int, config: PhantomConfig) -> bool:
