@@ -10,7 +10,7 @@ PROFILE ?= quick
 DATA ?= data_modules/phantom.yaml
 PYTEST_FAST := -m "not slow and not ddp and not gpu"
 
-.PHONY: help install test test-slow mutation lint format phantom train-vae train-spatial train-inflated train-pixel train-segmenter evaluate upsample bench bench-data bench-train reproduce-table sweep clean
+.PHONY: help install test test-slow mutation lint format phantom train-vae train-spatial train-inflated train-pixel train-segmenter evaluate upsample bench bench-data bench-train bench-generalisation reproduce-table sweep clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench-data:  ## seconds per phantom subject, DataModule samples/s (0 and 2 worke
 bench:  ## s/volume x4 per method and the pixel/CaLID ratio (CHECKPOINT=, PIXEL_CHECKPOINT= or untrained)
 	$(PY) benchmarks/bench_upsample.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 		$(if $(PIXEL_CHECKPOINT),--pixel-checkpoint $(PIXEL_CHECKPOINT)) $(ARGS)
+
+bench-generalisation:  ## the table's models on phantom settings they were not trained on (RUNS=, after reproduce-table)
+	bash benchmarks/generalisation.sh $(or $(RUNS),runs/table/quick/phantom)
 
 reproduce-table:  ## the whole chain: data, models, evaluation, figures -> results/table.md (PROFILE=, DATA=)
 	$(CALID) reproduce --profile experiments/reproduce/$(PROFILE).yaml --data $(DATA) $(ARGS)
