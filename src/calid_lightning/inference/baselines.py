@@ -23,23 +23,12 @@ import torch
 from scipy.interpolate import CubicSpline
 from torch import Tensor
 
+from calid_lightning.inference.interpolator import ImageRepresentation
 from calid_lightning.inference.upsample import factor_positions, split_positions
 from calid_lightning.models.conditioning import expand_r, lerp
 
 
-class _Identity:
-    """Identity representation: image-space methods work on the images themselves."""
-
-    size_multiple = 1
-
-    def encode(self, x: Tensor) -> Tensor:
-        return x
-
-    def decode(self, z: Tensor) -> Tensor:
-        return z
-
-
-class ImageLinear(_Identity):
+class ImageLinear(ImageRepresentation):
     """Linear blend of the two bracketing slices: ``(1 - r) * below + r * above``."""
 
     def interpolate(
@@ -53,7 +42,7 @@ class ImageLinear(_Identity):
         return lerp(below, above, r)
 
 
-class ImageNearest(_Identity):
+class ImageNearest(ImageRepresentation):
     """The nearer of the two bracketing slices (``below`` on a tie at ``r = 0.5``)."""
 
     def interpolate(

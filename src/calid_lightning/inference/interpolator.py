@@ -20,6 +20,7 @@ __all__ = [
     "DETAIL_WEIGHT",
     "ConditionalMean",
     "DetailTransfer",
+    "ImageRepresentation",
     "InRepresentationOf",
     "LatentBlend",
     "SliceInterpolator",
@@ -76,6 +77,21 @@ def slerp(below: Tensor, above: Tensor, r: Tensor, eps: float = 1e-7) -> Tensor:
     parallel = (so.abs() < 1e-4) | (na < eps) | (nb < eps)
     out = torch.where(parallel, (1 - w) * a + w * b, out)
     return out.reshape(below.shape)
+
+
+class ImageRepresentation:
+    """Base of the interpolators whose representation is the image itself (image-space baselines,
+    :class:`DetailTransfer`); subclasses define ``interpolate``."""
+
+    size_multiple = 1
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Images are the representation."""
+        return x
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images are the representation."""
+        return z
 
 
 class InRepresentationOf:
@@ -161,7 +177,7 @@ the best held-out PSNR on the quick profile's *validation* subjects at x4 (0.5 g
 best PSNR at x2; docs/ablations.md)."""
 
 
-class DetailTransfer:
+class DetailTransfer(ImageRepresentation):
     """A latent interpolator's decoded slice plus the neighbours' codec residual, interpolated in image space.
 
     A latent method cannot score above its autoencoder: whatever the VAE loses of the true slice (edges,
@@ -190,14 +206,6 @@ class DetailTransfer:
         self.inner = inner
         self.weight = float(weight)
         self.size_multiple = int(getattr(inner, "size_multiple", 1))
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Images are the representation."""
-        return x
-
-    def decode(self, z: Tensor) -> Tensor:
-        """Images are the representation."""
-        return z
 
     @torch.no_grad()
     def interpolate(

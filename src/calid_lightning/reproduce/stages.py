@@ -208,7 +208,7 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
         )
         return Stage(name, (*argv, "--out", str(out)), needs, (out,))
 
-    stages = []  # the longest stage first: ready stages start in plan order (runner.Runner.run)
+    stages = []  # the longest stage first: ready stages start in plan order (runner.StageRunner.run)
     cine = ev.get("cine") or {}
     cine_models = {
         "calid_inflated": "--inflated-checkpoint",
