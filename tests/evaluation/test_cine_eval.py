@@ -62,7 +62,9 @@ class Recording:
     def __init__(self) -> None:
         self.shapes: list[tuple[int, ...]] = []
 
-    def at(self, stack: torch.Tensor, positions: Sequence[float]) -> torch.Tensor:
+    def at(
+        self, stack: torch.Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None
+    ) -> torch.Tensor:
         self.shapes.append(tuple(stack.shape))
         return linear_upsample(stack, positions)
 
@@ -90,6 +92,7 @@ class CountingLinear(ImageLinear):
         r: torch.Tensor,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        gap_mm: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.batches.append(below.shape[0])
         return super().interpolate(below, above, r)

@@ -48,7 +48,9 @@ class Recording:
     def __init__(self) -> None:
         self.calls: list[tuple[torch.Tensor, list[float]]] = []
 
-    def at(self, stack: torch.Tensor, positions: Sequence[float]) -> torch.Tensor:
+    def at(
+        self, stack: torch.Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None
+    ) -> torch.Tensor:
         self.calls.append((stack.clone(), list(positions)))
         return linear_upsample(stack, positions)
 

@@ -45,7 +45,9 @@ class IntensitySegmenter:
 class Blank:
     """An "upsampler" whose every slice is background: the segmenter finds nothing in it."""
 
-    def at(self, stack: torch.Tensor, positions: Sequence[float]) -> torch.Tensor:
+    def at(
+        self, stack: torch.Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None
+    ) -> torch.Tensor:
         return torch.full((len(positions), *stack.shape[1:]), float(INTENSITY[0]))
 
 

@@ -22,7 +22,7 @@ class NoisyLerp:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z / 2
 
-    def interpolate(self, below, above, r, num_steps=None, generator=None):
+    def interpolate(self, below, above, r, num_steps=None, generator=None, gap_mm=None):
         self.calls.append((below.shape[0], num_steps))
         return lerp(below, above, r) + torch.randn(below.shape, generator=generator)
 
@@ -78,7 +78,7 @@ class PoolCodec:
         self.decoded.append(z.shape[0])
         return z.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2) / 3
 
-    def interpolate(self, below, above, r, num_steps=None, generator=None):
+    def interpolate(self, below, above, r, num_steps=None, generator=None, gap_mm=None):
         return lerp(below, above, r)
 
 

@@ -35,7 +35,7 @@ class Recorder(ImageLinear):
         self.encoded_shapes.append(tuple(x.shape))
         return x
 
-    def interpolate(self, below, above, r, num_steps=None, generator=None):
+    def interpolate(self, below, above, r, num_steps=None, generator=None, gap_mm=None):
         self.calls.append((below.clone(), above.clone(), r.clone()))
         out = lerp(below, above, r)
         if self.noise:
@@ -298,7 +298,7 @@ def test_seeds_steps_and_sample_statistics_by_hand() -> None:
     torch.testing.assert_close(wide.dense.float(), three.dense, atol=1e-6, rtol=0)
 
     class StepRecorder(Recorder):
-        def interpolate(self, below, above, r, num_steps=None, generator=None):
+        def interpolate(self, below, above, r, num_steps=None, generator=None, gap_mm=None):
             self.steps = [*getattr(self, "steps", []), num_steps]
             return super().interpolate(below, above, r)
 
@@ -352,7 +352,7 @@ def test_an_interpolator_without_size_multiple_is_not_padded() -> None:
         def decode(self, z):
             return z
 
-        def interpolate(self, below, above, r, num_steps=None, generator=None):
+        def interpolate(self, below, above, r, num_steps=None, generator=None, gap_mm=None):
             return lerp(below, above, r)
 
     fake = Bare()
@@ -368,3 +368,32 @@ def test_own_progress_bar_only_when_asked_with_the_run_totals(capsys: pytest.Cap
     err = capsys.readouterr().err
     # 3 samples x (6 slices x 2 items + 1 decode pass) = 39 units, the last phase in the description
     assert "upsample 6 slices x 2 frames (decoding)" in err and "39/39" in err
+
+
+class GapRecorder(Recorder):
+    """Records the ``gap_mm`` of every interpolate call as well."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gaps: list[torch.Tensor | None] = []
+
+    def interpolate(self, below, above, r, num_steps=None, generator=None, gap_mm=None):
+        self.gaps.append(None if gap_mm is None else gap_mm.clone())
+        return super().interpolate(below, above, r, num_steps, generator)
+
+
+def test_each_call_gets_the_distance_in_mm_between_its_known_slices() -> None:
+    """x4 bisection of 10 mm slices: the first level bridges 10 mm, the second 5 mm (one generated end)."""
+    fake, n = GapRecorder(), 2
+    upsample_stack(position_stack(3, n), factor_positions(3, 4), fake, slice_spacing_mm=10.0)
+    assert [g.tolist() for g in fake.gaps] == [[10.0] * 2 * n, [5.0] * 4 * n]
+    fake = GapRecorder()
+    upsample_stack(
+        position_stack(3, n), factor_positions(3, 3), fake, order="sequential", slice_spacing_mm=9.0
+    )
+    assert [g.tolist() for g in fake.gaps] == [[9.0] * 2 * n, [6.0] * 2 * n]  # 0..1, then 1/3..1
+    fake = GapRecorder()
+    upsample_stack(position_stack(3, n), factor_positions(3, 2), fake)
+    assert fake.gaps == [None], "no slice spacing given: no gap"
+    with pytest.raises(ValueError, match="slice_spacing_mm must be > 0"):
+        upsample_stack(position_stack(3, n), factor_positions(3, 2), fake, slice_spacing_mm=0.0)

@@ -74,9 +74,9 @@ def test_calid_upsample_4d_with_a_2dt_checkpoint(
     calls: list[tuple[int, ...]] = []
     original = CaLIDInflated.interpolate
 
-    def spy(self, below, above, r, num_steps=None, generator=None):
+    def spy(self, below, above, r, num_steps=None, generator=None, gap_mm=None):
         calls.append(tuple(below.shape))
-        return original(self, below, above, r, num_steps=num_steps, generator=generator)
+        return original(self, below, above, r, num_steps=num_steps, generator=generator, gap_mm=gap_mm)
 
     monkeypatch.setattr(CaLIDInflated, "interpolate", spy)
     args = ["--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out), "--factor", "2"]
@@ -108,9 +108,9 @@ def test_max_batch_counts_frames_for_a_2dt_checkpoint(
     calls: list[int] = []
     original = CaLIDInflated.interpolate
 
-    def spy(self, below, above, r, num_steps=None, generator=None):
+    def spy(self, below, above, r, num_steps=None, generator=None, gap_mm=None):
         calls.append(below.shape[0])
-        return original(self, below, above, r, num_steps=num_steps, generator=generator)
+        return original(self, below, above, r, num_steps=num_steps, generator=generator, gap_mm=gap_mm)
 
     monkeypatch.setattr(CaLIDInflated, "interpolate", spy)
     args = ["--checkpoint", str(checkpoint), "--input", str(src), "--output", str(tmp_path / "d.nii.gz")]

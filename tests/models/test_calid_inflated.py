@@ -116,7 +116,7 @@ def test_untrained_inflation_is_the_spatial_model_frame_by_frame(
 
     def spatial_predict(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         rr = r.repeat_interleave(frames)
-        return spatial._predict(spatial.ema.module, x, step, fold(below), fold(above), rr)
+        return spatial._predict(spatial.ema.module, x, step, fold(below), fold(above), rr, None)
 
     reference = ddim_sample(spatial_predict, spatial.ddim, fold(noise), 3)
     reference = spatial.from_diffused(reference, fold(below), fold(above), r.repeat_interleave(frames))
@@ -308,17 +308,23 @@ def test_loss_counts_only_real_frames(spatial_checkpoint: Path) -> None:
     """Frames past ``frames`` (a DataModule's wrap padding) are not counted; without ``frames`` all are."""
     model = inflated(spatial_checkpoint)
     prediction, target = torch.randn(2, LATENT, 8, 4, 4), torch.randn(2, LATENT, 8, 4, 4)
-    batch = {"frames": torch.tensor([5, 6])}
-    expected = torch.cat(
-        [((prediction - target)[0, :, :5] ** 2).flatten(), ((prediction - target)[1, :, :6] ** 2).flatten()]
-    )
-    torch.testing.assert_close(model._regression_loss(prediction, target, batch), expected.mean())
+    batch, ones = {"frames": torch.tensor([5, 6])}, torch.ones(2)
+    errors = [
+        ((prediction - target)[0, :, :5] ** 2).flatten(),
+        ((prediction - target)[1, :, :6] ** 2).flatten(),
+    ]
+    expected = torch.cat(errors)
+    torch.testing.assert_close(model._regression_loss(prediction, target, batch, ones), expected.mean())
     changed = prediction.clone()
     changed[0, :, 5:] += 10.0
     changed[1, :, 6:] += 10.0
-    torch.testing.assert_close(model._regression_loss(changed, target, batch), expected.mean())
+    torch.testing.assert_close(model._regression_loss(changed, target, batch, ones), expected.mean())
     torch.testing.assert_close(
-        model._regression_loss(prediction, target, {}), ((prediction - target) ** 2).mean()
+        model._regression_loss(prediction, target, {}, ones), ((prediction - target) ** 2).mean()
+    )
+    weighted = (0.5 * errors[0].sum() + 3.0 * errors[1].sum()) / expected.numel()  # per-item weights
+    torch.testing.assert_close(
+        model._regression_loss(prediction, target, batch, torch.tensor([0.5, 3.0])), weighted
     )
 
 

@@ -329,10 +329,11 @@ class EaseInOracle(torch.nn.Module):
         super().__init__()
         self.model = [model]  # not a sub-module
 
-    def forward(self, noisy, t, below, above, r):
+    def forward(self, noisy, t, below, above, r, gap=None):
         model = self.model[0]
         w = r.reshape(-1, *([1] * (below.ndim - 1)))
-        clean = model.to_diffused(below + w**2 * (above - below), below, above, r)
+        shift = 0.0 if gap is None else gap.reshape(w.shape)  # a gap-conditioned oracle adds the gap
+        clean = model.to_diffused(below + w**2 * (above - below) + shift, below, above, r)
         alpha = model.ddim.alphas_cumprod[t].reshape(w.shape).float()
         a, b = alpha.sqrt(), (1 - alpha).sqrt()
         eps = (noisy - a * clean) / b
@@ -358,3 +359,52 @@ def test_interpolate_passes_below_above_and_r_to_the_denoiser_in_order(
         torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     one_r = model.interpolate(below[:1], above[:1], 0.25, num_steps=2)  # one r for the whole batch
     torch.testing.assert_close(one_r, expected[:1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_gap_conditioned_model_gets_each_items_gap_in_units_of_gap_unit_mm(vae_checkpoint: Path) -> None:
+    """The oracle adds the gap channel's value to its estimate: 5 mm and 20 mm at gap_unit_mm 10 add 0.5
+    and 2.0 per item; without gap_mm the model refuses, naming what to pass."""
+    model = make_model(vae_checkpoint, gap_conditioning=True, gap_unit_mm=10.0)
+    assert model.denoiser.condition_channels == 2 * LATENT + 2
+    model.ema.module = EaseInOracle(model)
+    below, above = torch.randn(2, LATENT, 4, 4), torch.randn(2, LATENT, 4, 4)
+    r = torch.tensor([0.25, 0.8])
+    expected = (
+        below + r.reshape(-1, 1, 1, 1) ** 2 * (above - below) + torch.tensor([0.5, 2.0]).reshape(-1, 1, 1, 1)
+    )
+    out = model.interpolate(below, above, r, num_steps=2, gap_mm=torch.tensor([5.0, 20.0]))
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="trained with gap_conditioning: pass gap_mm"):
+        model.interpolate(below, above, r, num_steps=2)
+
+
+def test_a_gap_conditioned_model_trains_on_the_batch_gap_and_refuses_a_batch_without_it(
+    vae_checkpoint: Path,
+) -> None:
+    model = make_model(vae_checkpoint, gap_conditioning=True)
+    batch = next(iter(loader()))
+    with pytest.raises(ValueError, match="pass gap_mm"):
+        model._diffusion_loss(batch)
+    near = {**batch, "gap_mm": torch.full((8,), 5.0)}
+    far = {**batch, "gap_mm": torch.full((8,), 10.0)}
+    loss, _ = model._diffusion_loss(near, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert model.denoiser.unet.conv_in.conv.weight.grad is not None
+    with torch.no_grad():
+        for p in model.denoiser.parameters():  # the zero-initialised output convolution comes alive
+            p.add_(0.05 * torch.randn_like(p))
+        losses = [float(model._diffusion_loss(b, torch.Generator().manual_seed(0))[0]) for b in (near, far)]
+    assert losses[0] != pytest.approx(losses[1]), "the batch gap reaches the denoiser"
+    with pytest.raises(ValueError, match="gap_unit_mm must be > 0"):
+        make_model(vae_checkpoint, gap_unit_mm=0.0)
+
+
+def test_min_snr_weighting_changes_the_loss_and_bad_weightings_are_refused(vae_checkpoint: Path) -> None:
+    batch = next(iter(loader()))
+    losses = []
+    for weighting in ("uniform", "min_snr"):
+        model = make_model(vae_checkpoint, loss_weighting=weighting)
+        losses.append(float(model._diffusion_loss(batch, torch.Generator().manual_seed(0))[0]))
+    assert losses[0] != pytest.approx(losses[1])
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        make_model(vae_checkpoint, loss_weighting="p2")

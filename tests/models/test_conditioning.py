@@ -80,3 +80,33 @@ def test_denoiser_output_depends_on_below_above_order_and_r() -> None:
             x=torch.cat([noisy, condition_input(below, above, torch.tensor([0.3]))], 1), timesteps=t
         )
         assert not torch.allclose(out, residual_free), "the ControlNet residuals reach the U-Net"
+
+
+def test_the_gap_channel_is_one_more_constant_channel_and_changes_the_prediction() -> None:
+    below, above = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    r, gap = torch.tensor([0.25, 0.5]), torch.tensor([1.0, 0.5])
+    stacked = condition_input(below, above, r, gap)
+    assert stacked.shape == (2, 8, 4, 4)
+    torch.testing.assert_close(stacked[:, :7], condition_input(below, above, r))
+    assert torch.equal(stacked[:, 7], gap.reshape(2, 1, 1).expand(2, 4, 4))
+    with pytest.raises(ValueError, match="gap has 1 entries for a batch of 2"):
+        condition_input(below, above, r, torch.tensor([1.0]))
+
+    torch.manual_seed(0)
+    model = ConditionalDenoiser(latent_channels=2, **TINY, num_head_channels=4, gap_channel=True).eval()
+    assert model.condition_channels == 6 and model.unet.conv_in.conv.in_channels == 2 + 6
+    noisy, t = torch.randn(1, 2, 8, 8), torch.tensor([500])
+    b, a, r1 = torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8), torch.tensor([0.5])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        near, far = (
+            model(noisy, t, b, a, r1, torch.tensor([0.5])),
+            model(noisy, t, b, a, r1, torch.tensor([1.0])),
+        )
+    assert not torch.allclose(near, far), "the gap reaches the prediction"
+    with pytest.raises(ValueError, match="built with a gap channel: pass gap"):
+        model(noisy, t, b, a, r1)
+    plain = ConditionalDenoiser(latent_channels=2, **TINY, num_head_channels=4)
+    with pytest.raises(ValueError, match="has no gap channel"):
+        plain(noisy, t, b, a, r1, torch.tensor([1.0]))

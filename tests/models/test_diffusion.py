@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from calid_lightning.models.diffusion import (
+    check_loss_weighting,
     ddim_sample,
     inference_timesteps,
+    loss_weights,
     make_schedulers,
     split_prediction,
     training_target,
@@ -95,3 +97,34 @@ def test_randn_like_from_is_the_cpu_float32_draw_cast_to_the_reference() -> None
     t = sample_timesteps(4000, 10, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert t.dtype == torch.long and t.shape == (4000,) and set(t.tolist()) == set(range(10))
     assert torch.equal(t, torch.randint(0, 10, (4000,), generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_are_min_snr_gamma_times_the_x0_error_whatever_the_target(
+    prediction_type: str,
+) -> None:
+    """One wrong x0 estimate, expressed in each target's units: the weighted loss is min(SNR, gamma) x its
+    x0 error for all three prediction types (the definition of min-SNR-gamma)."""
+    ddpm, _ = make_schedulers(prediction_type=prediction_type)
+    t = torch.tensor([0, 100, 400, 700, 999])
+    clean, noise = torch.randn(5, 2, 4, 4), torch.randn(5, 2, 4, 4)
+    noisy = ddpm.add_noise(clean, noise, t)
+    a = ddpm.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    wrong_clean = clean + 0.3 * torch.randn_like(clean)
+    wrong_noise = (noisy - a.sqrt() * wrong_clean) / (1 - a).sqrt()
+    target = training_target(ddpm, clean, noise, t)
+    predicted = training_target(ddpm, wrong_clean, wrong_noise, t)
+    weights = loss_weights(ddpm, t, "min_snr", gamma=5.0)
+    got = weights * (predicted - target).square().flatten(1).mean(1)
+    snr = (a / (1 - a)).flatten()
+    expected = snr.clamp(max=5.0) * (wrong_clean - clean).square().flatten(1).mean(1)
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-6)
+
+
+def test_uniform_weights_are_ones_and_bad_weightings_are_refused() -> None:
+    ddpm, _ = make_schedulers()
+    assert torch.equal(loss_weights(ddpm, torch.tensor([3, 999]), "uniform"), torch.ones(2))
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        loss_weights(ddpm, torch.tensor([3]), "snr")
+    with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
+        check_loss_weighting("min_snr", 0.0)

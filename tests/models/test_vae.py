@@ -258,3 +258,21 @@ def test_scale_factor_is_reduced_over_ddp_ranks(tmp_path: Path) -> None:
     assert factors[0] == pytest.approx(expected, rel=1e-5) and factors[1] == pytest.approx(expected, rel=1e-5)
     per_rank = [1.0 / latent_std(vae, data[rank::2]) for rank in (0, 1)]
     assert all(f != pytest.approx(expected, rel=1e-3) for f in per_rank)  # the test can tell the difference
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_cosine_decay_ends_at_a_tenth_of_the_rate_at_max_steps(adversarial: bool) -> None:
+    """Automatic and manual optimisation both step the autoencoder's schedule once per generator step."""
+    torch.manual_seed(0)
+    extra = {"adv_weight": 0.1, "disc_channels": 8, "disc_layers": 2} if adversarial else {}
+    model = VAEModule(**TINY, lr=1e-3, lr_warmup_steps=2, lr_decay="cosine", **extra)
+    fit = trainer(8 if adversarial else 4)
+    fit.fit(model, loader())
+    optimizer = model.optimizers()[0] if adversarial else model.optimizers()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    if adversarial:
+        assert model.optimizers()[1].param_groups[0]["lr"] == pytest.approx(1e-3), (
+            "the discriminator's is kept"
+        )
+    with pytest.raises(ValueError, match="lr_decay must be one of"):
+        VAEModule(**TINY, lr_decay="step")

@@ -70,8 +70,16 @@ class CineMethod:
     upsampler: Upsampler
     whole_cine: bool
 
-    def generate(self, cines: Tensor, positions: Sequence[float], steps: int | None, seed: int) -> Tensor:
-        """Cines ``(Zh, T, H, W)`` at ``positions`` from the kept cines ``(Zk, T, H, W)``.
+    def generate(
+        self,
+        cines: Tensor,
+        positions: Sequence[float],
+        steps: int | None,
+        seed: int,
+        slice_spacing_mm: float | None = None,
+    ) -> Tensor:
+        """Cines ``(Zh, T, H, W)`` at ``positions`` from the kept cines ``(Zk, T, H, W)``, which lie
+        ``slice_spacing_mm`` apart.
 
         An engine's ``max_batch`` counts 2D frames: a whole-cine method gets ``max_batch // T`` cines per
         call (at least one), so memory stays that of ``max_batch`` slices whatever the frame count.
@@ -81,8 +89,8 @@ class CineMethod:
             if isinstance(upsampler, EngineUpsampler):
                 cines_per_call = max(1, upsampler.max_batch // cines.shape[1])
                 upsampler = dataclasses.replace(upsampler, max_batch=cines_per_call)
-            return upsampler.at(cines[:, None, None], positions)[:, 0, 0]
-        return upsampler.at(cines[:, :, None], positions)[:, :, 0]
+            return upsampler.at(cines[:, None, None], positions, slice_spacing_mm)[:, 0, 0]
+        return upsampler.at(cines[:, :, None], positions, slice_spacing_mm)[:, :, 0]
 
 
 def parse_frames(value: str) -> int | None:
@@ -202,7 +210,7 @@ def evaluate_cine_method(
     cines = torch.from_numpy(np.ascontiguousarray(prepared.image[:, frames_i]))
     truth = cines[held_i]
     start = time.perf_counter()
-    pred = method.generate(cines[kept_i], positions, steps, seed)
+    pred = method.generate(cines[kept_i], positions, steps, seed, factor * float(prepared.spacing[2]))
     seconds = time.perf_counter() - start
     if pred.shape != truth.shape:
         raise ValueError(f"method {name!r} returned {tuple(pred.shape)}, expected {tuple(truth.shape)}")

@@ -174,6 +174,11 @@ class SubjectView:
         """The kept slices as the ``(Z, 1, 1, H, W)`` stack the methods take."""
         return torch.from_numpy(np.ascontiguousarray(self.truth[self.kept]))[:, None, None]
 
+    @property
+    def kept_spacing(self) -> float:
+        """The distance in mm between two kept slices."""
+        return self.factor * self.spacing[2]
+
     def positions(self) -> list[float]:
         """Every local slice as a position in kept-slice units (integers are the acquired slices)."""
         return [z / self.factor for z in range(self.truth.shape[0])]
@@ -187,7 +192,7 @@ class SubjectView:
 
 def reconstruct(upsampler: Upsampler, view: SubjectView, steps: int | None, seed: int) -> np.ndarray:
     """The method's dense slices ``(Zd, H, W)`` over the view's range, from its kept slices only."""
-    dense = with_sampling(upsampler, steps, seed).at(view.sparse_stack(), view.positions())
+    dense = with_sampling(upsampler, steps, seed).at(view.sparse_stack(), view.positions(), view.kept_spacing)
     return dense[:, 0, 0].detach().float().cpu().numpy()
 
 
@@ -205,6 +210,7 @@ def sample_stats(
         samples=samples,
         max_batch=engine.max_batch,
         device=engine.device,
+        slice_spacing_mm=view.kept_spacing,
     )
     assert result.std is not None
     return result.dense[:, 0, 0].float().numpy(), result.std[:, 0, 0].float().numpy()

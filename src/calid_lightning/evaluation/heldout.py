@@ -151,7 +151,8 @@ def evaluate_run(
         seconds = time.perf_counter() - start
     else:
         start = time.perf_counter()
-        generated = with_sampling(upsampler, steps, seed).at(stack, positions)
+        kept_spacing = factor * float(prepared.spacing[2])
+        generated = with_sampling(upsampler, steps, seed).at(stack, positions, kept_spacing)
         seconds = time.perf_counter() - start
     if generated.shape != truth.shape:
         raise ValueError(

@@ -38,6 +38,7 @@ class ImageLinear(ImageRepresentation):
         r: Tensor,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        gap_mm: Tensor | None = None,
     ) -> Tensor:
         return lerp(below, above, r)
 
@@ -52,6 +53,7 @@ class ImageNearest(ImageRepresentation):
         r: Tensor,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        gap_mm: Tensor | None = None,
     ) -> Tensor:
         return torch.where(expand_r(r, below) > 0.5, above, below)
 
@@ -112,7 +114,7 @@ class ImageBaseline:
     name: str
     fn: Callable[[Tensor, Sequence[float]], Tensor]
 
-    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor:
+    def at(self, stack: Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None) -> Tensor:
         """Slices at ``positions`` (slice-index units) of a ``(Z, ...)`` stack."""
         return self.fn(stack, positions)
 

@@ -52,10 +52,13 @@ class SliceInterpolator(Protocol):
         r: Tensor,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        gap_mm: Tensor | None = None,
     ) -> Tensor:
         """The representation at relative position ``r`` (``(N,)``, in (0, 1)) between two known ones.
 
-        ``generator`` is a CPU generator: draw noise on the CPU, then move it to the device.
+        ``generator`` is a CPU generator: draw noise on the CPU, then move it to the device. ``gap_mm``
+        ``(N,)`` is the distance in mm between the two known slices, for methods conditioned on it (CaLID
+        with ``gap_conditioning``); the others ignore it.
         """
         ...
 
@@ -129,8 +132,9 @@ class LatentBlend(InRepresentationOf):
         r: Tensor,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        gap_mm: Tensor | None = None,
     ) -> Tensor:
-        """Blend the neighbour representations; ``num_steps`` and ``generator`` are ignored."""
+        """Blend the neighbour representations; ``num_steps``, ``generator`` and ``gap_mm`` are ignored."""
         return (lerp if self.mode == "lerp" else slerp)(below, above, r)
 
 
@@ -160,13 +164,17 @@ class ConditionalMean(InRepresentationOf):
         r: Tensor,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        gap_mm: Tensor | None = None,
     ) -> Tensor:
         """Mean over ``draws`` estimates, drawn as one batch of ``draws x N`` items."""
         n = below.shape[0]
         r = torch.as_tensor(r, dtype=below.dtype, device=below.device).reshape(-1).expand(n)
         repeat = (self.draws, *([1] * (below.ndim - 1)))
+        if gap_mm is not None:
+            gap_mm = torch.as_tensor(gap_mm, dtype=below.dtype, device=below.device).reshape(-1).expand(n)
+            gap_mm = gap_mm.repeat(self.draws)
         estimates = self.base.interpolate(
-            below.repeat(repeat), above.repeat(repeat), r.repeat(self.draws), self.steps, generator
+            below.repeat(repeat), above.repeat(repeat), r.repeat(self.draws), self.steps, generator, gap_mm
         )
         return estimates.reshape(self.draws, *below.shape).mean(dim=0)
 
@@ -215,10 +223,11 @@ class DetailTransfer(ImageRepresentation):
         r: Tensor,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        gap_mm: Tensor | None = None,
     ) -> Tensor:
         """The inner estimate at ``r``, decoded, plus ``weight`` times the blended neighbour residuals."""
         z_below, z_above = self.inner.encode(torch.cat([below, above])).chunk(2)
-        estimate = self.inner.interpolate(z_below, z_above, r, num_steps, generator)
+        estimate = self.inner.interpolate(z_below, z_above, r, num_steps, generator, gap_mm)
         d_below, d_above, decoded = self.inner.decode(torch.cat([z_below, z_above, estimate])).chunk(3)
         residual = lerp(below - d_below.to(below.dtype), above - d_above.to(above.dtype), r)
         return (decoded.to(below.dtype) + self.weight * residual).clamp(0.0, 1.0)

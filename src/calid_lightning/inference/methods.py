@@ -53,7 +53,9 @@ MEAN_DRAWS = 1
 class Upsampler(Protocol):
     """Anything that returns the slices at ``positions`` of a ``(Z, N, 1, H, W)`` stack."""
 
-    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor: ...
+    def at(
+        self, stack: Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None
+    ) -> Tensor: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +118,7 @@ class TrueSlices:
     It cannot upsample a stack from its kept slices alone, so :meth:`at` refuses.
     """
 
-    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor:
+    def at(self, stack: Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None) -> Tensor:
         raise TypeError("method 'truth' returns the true held-out slices; run it through evaluate_run")
 
 
@@ -131,7 +133,7 @@ class CodecCeiling:
     model: Any
     device: str = "cpu"
 
-    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor:
+    def at(self, stack: Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None) -> Tensor:
         raise TypeError("method 'vae_truth' reconstructs the true held-out slices; use evaluate_run")
 
     @torch.no_grad()

@@ -156,6 +156,7 @@ def upsample_stack(
     progress: bool | UpsampleProgress = False,
     max_batch: int = 64,
     device: torch.device | str | None = None,
+    slice_spacing_mm: float | None = None,
 ) -> UpsampleResult:
     """Upsample ``stack`` ``(Z, N, 1, [T,] H, W)`` in [0, 1] to the slices at ``target_positions``.
 
@@ -168,9 +169,14 @@ def upsample_stack(
 
     ``progress=True`` shows a bar of its own; an :class:`UpsampleProgress` (made by a caller that also
     counts its file writes) is advanced by :meth:`UpsampleProgress.engine_units` and left open.
+
+    ``slice_spacing_mm`` (the acquired slices' spacing) gives each call the distance in mm between its two
+    known slices (``gap_mm``), which a gap-conditioned CaLID needs; without it ``gap_mm`` is None.
     """
     positions = [float(p) for p in target_positions]
     _check_inputs(stack, positions)
+    if slice_spacing_mm is not None and not slice_spacing_mm > 0:
+        raise ValueError(f"slice_spacing_mm must be > 0, got {slice_spacing_mm}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     device = torch.device(device) if device is not None else stack.device
@@ -200,7 +206,18 @@ def upsample_stack(
         for s in range(samples):
             generator = torch.Generator().manual_seed(seed + s)
             bar.phase("sampling")
-            made = _run_plan(plan, known, interpolator, num_steps, generator, max_batch, n_items, bar, frames)
+            made = _run_plan(
+                plan,
+                known,
+                interpolator,
+                num_steps,
+                generator,
+                max_batch,
+                n_items,
+                bar,
+                frames,
+                slice_spacing_mm,
+            )
             flat = torch.cat([made[generated[i]] for i in out_index])
             bar.phase("decoding")
             images = _chunked(interpolator.decode, [flat], max_batch)
@@ -233,6 +250,7 @@ def _run_plan(
     n_items: int,
     bar: UpsampleProgress,
     frames: int,
+    slice_spacing_mm: float | None,
 ) -> dict[float, Tensor]:
     """Run the schedule once; return the generated representations by position.
 
@@ -240,9 +258,13 @@ def _run_plan(
     """
     reps = dict(known)
     made: dict[float, Tensor] = {}
+    spacing = 0.0 if slice_spacing_mm is None else float(slice_spacing_mm)
 
-    def interpolate(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
-        out = interpolator.interpolate(below, above, r, num_steps=num_steps, generator=generator)
+    def interpolate(below: Tensor, above: Tensor, r: Tensor, gap_mm: Tensor) -> Tensor:
+        given = gap_mm if slice_spacing_mm is not None else None
+        out = interpolator.interpolate(
+            below, above, r, num_steps=num_steps, generator=generator, gap_mm=given
+        )
         bar.advance(below.shape[0] * frames)
         return out
 
@@ -250,7 +272,9 @@ def _run_plan(
         below = torch.cat([reps[s.below] for s in level])
         above = torch.cat([reps[s.above] for s in level])
         r = torch.tensor([s.r for s in level], device=below.device).repeat_interleave(n_items)
-        out = _chunked(interpolate, [below, above, r], max_batch)
+        gaps = [(s.above - s.below) * spacing for s in level]
+        gap_mm = torch.tensor(gaps, device=below.device).repeat_interleave(n_items)
+        out = _chunked(interpolate, [below, above, r, gap_mm], max_batch)
         for k, step in enumerate(level):
             reps[step.z] = made[step.z] = out[k * n_items : (k + 1) * n_items]
     return made
@@ -267,7 +291,7 @@ class EngineUpsampler:
     max_batch: int = 64
     device: torch.device | str | None = None
 
-    def at(self, stack: Tensor, positions: Sequence[float]) -> Tensor:
+    def at(self, stack: Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None) -> Tensor:
         """Slices at ``positions`` of a ``(Z, N, 1, [T,] H, W)`` stack."""
         return upsample_stack(
             stack,
@@ -278,8 +302,9 @@ class EngineUpsampler:
             seed=self.seed,
             max_batch=self.max_batch,
             device=self.device,
+            slice_spacing_mm=slice_spacing_mm,
         ).dense
 
-    def upsample(self, stack: Tensor, factor: int) -> Tensor:
+    def upsample(self, stack: Tensor, factor: int, slice_spacing_mm: float | None = None) -> Tensor:
         """The ``(Z - 1) * factor + 1`` slices of a ``factor``-times denser stack."""
-        return self.at(stack, factor_positions(int(stack.shape[0]), factor))
+        return self.at(stack, factor_positions(int(stack.shape[0]), factor), slice_spacing_mm)

@@ -191,8 +191,10 @@ def _generate(
     positions: list[float],
     interpolator: SliceInterpolator | None,
     bar: UpsampleProgress,
+    slice_spacing_mm: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The dense stack (and the std map for ``--samples > 1``) in the layout of ``stack``."""
+    """The dense stack (and the std map for ``--samples > 1``) in the layout of ``stack``, whose slices are
+    ``slice_spacing_mm`` apart."""
     if interpolator is None:
         from calid_lightning.inference.baselines import IMAGE_BASELINES
 
@@ -213,6 +215,7 @@ def _generate(
         progress=bar,
         max_batch=max_batch,
         device=args.device,
+        slice_spacing_mm=slice_spacing_mm,
     )
     return result.dense, result.std
 
@@ -263,7 +266,7 @@ def _run(argv: list[str] | None) -> int:
         with UpsampleProgress(
             generated, frames, samples, files, decode=interpolator is not None, enabled=not args.quiet
         ) as bar:
-            dense, std = _generate(args, stack, positions, interpolator, bar)
+            dense, std = _generate(args, stack, positions, interpolator, bar, float(sparse.spacing[2]))
             if cine:
                 dense = frames_from_cine(dense)
                 std = frames_from_cine(std) if std is not None else None

@@ -34,6 +34,7 @@ from calid_lightning.models.conditioning import ConditionalDenoiser
 from calid_lightning.models.diffusion import randn_like_from
 from calid_lightning.models.ema import EMA
 from calid_lightning.models.latent_interpolator import DENOISER_HPARAMS, LatentInterpolatorBase
+from calid_lightning.models.schedules import max_steps_of, warmup_decay_scheduler
 from calid_lightning.models.temporal_layers import TEMPORAL_LAYERS, TemporalMixer, inflate_blocks
 
 ARCHITECTURE_KEYS = (
@@ -84,7 +85,9 @@ class InflatedDenoiser(nn.Module):
         """The parameters of the temporal layers (what ``spatial_lr = 0`` trains)."""
         return [p for mixer in self.mixers for p in mixer.parameters()]
 
-    def forward(self, noisy: Tensor, t: Tensor, below: Tensor, above: Tensor, r: Tensor) -> Tensor:
+    def forward(
+        self, noisy: Tensor, t: Tensor, below: Tensor, above: Tensor, r: Tensor, gap: Tensor | None = None
+    ) -> Tensor:
         """Predict the diffusion target of latent cines ``(B, C, T, h, w)`` at timesteps ``t`` ``(B,)``."""
         batch, channels, frames = noisy.shape[:3]
         for mixer in self.mixers:
@@ -99,6 +102,7 @@ class InflatedDenoiser(nn.Module):
             fold(below),
             fold(above),
             r.reshape(-1).expand(batch).repeat_interleave(frames),
+            None if gap is None else gap.reshape(-1).expand(batch).repeat_interleave(frames),
         )
         return out.reshape(batch, frames, channels, *out.shape[2:]).transpose(1, 2)
 
@@ -200,6 +204,8 @@ class CaLIDInflated(LatentInterpolatorBase):
             norm_num_groups=net["norm_num_groups"],
             injection=net["injection"],
             conditioning_channels=net["conditioning_channels"],
+            gap_conditioning=net["gap_conditioning"],
+            gap_unit_mm=net["gap_unit_mm"],
             num_train_timesteps=net["num_train_timesteps"],
             schedule=net["schedule"],
             beta_start=net["beta_start"],
@@ -293,17 +299,22 @@ class CaLIDInflated(LatentInterpolatorBase):
         optimizer = torch.optim.AdamW(
             [g for g in groups if g["params"]], weight_decay=self.hparams.weight_decay
         )
-        warmup = max(1, self.hparams.lr_warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        scheduler = warmup_decay_scheduler(
+            optimizer, self.hparams.lr_warmup_steps, max_steps_of(self), self.lr_decay
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _regression_loss(self, prediction: Tensor, target: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        """MSE over the real frames of each item (frames the DataModule wrap-padded are not counted twice)."""
+    def _regression_loss(
+        self, prediction: Tensor, target: Tensor, batch: dict[str, Tensor], weights: Tensor
+    ) -> Tensor:
+        """Weighted MSE over the real frames of each item (frames the DataModule wrap-padded are not counted
+        twice); ``weights`` ``(B,)`` scale each item's squared errors."""
         length = target.shape[2]
         frames = torch.tensor(real_frames(batch, target.shape[0], length), device=target.device)
         mask = (torch.arange(length, device=target.device) < frames[:, None]).to(target.dtype)
         mask = mask[:, None, :, None, None].expand_as(target)
-        return ((prediction.float() - target) ** 2 * mask).sum() / mask.sum()
+        weighted = mask * weights.to(target.dtype).reshape(-1, 1, 1, 1, 1)
+        return ((prediction.float() - target) ** 2 * weighted).sum() / mask.sum()
 
     def _sample_metrics(
         self, generated: Tensor, target: Tensor, linear: Tensor, batch: dict[str, Tensor]

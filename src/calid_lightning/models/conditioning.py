@@ -1,7 +1,9 @@
 """The conditional denoiser of CaLID: eps_theta plus the conditioning network (tau_theta1, tau_theta2).
 
 - The condition is the latents of the nearest known slices below and above the target plus the target's
-  relative position r in (0, 1) as one constant channel (``condition_input``).
+  relative position r in (0, 1) as one constant channel (``condition_input``); with ``gap_channel`` a second
+  constant channel holds the physical distance between the two known slices (in units the model chooses),
+  so a 5 mm gap of a level-2 bisection step and a 10 mm acquired gap are told apart.
 - The condition is concatenated to the noisy latent at the U-Net input (always).
 - tau_theta1 encodes the condition: MONAI ``ControlNet``'s conditioning embedding, kept at latent size
   (``conditioning_embedding_num_channels=(16,)``) and added to the ControlNet's first features.
@@ -36,22 +38,28 @@ def lerp(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
     return (1 - w) * below + w * above
 
 
-def condition_input(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
-    """Stack the neighbour latents and a constant r channel: (B, C, *S) x2 + (B,) -> (B, 2C + 1, *S)."""
+def condition_input(below: Tensor, above: Tensor, r: Tensor, gap: Tensor | None = None) -> Tensor:
+    """Stack the neighbour latents and a constant r channel: (B, C, *S) x2 + (B,) -> (B, 2C + 1, *S); a
+    ``gap`` ``(B,)`` adds one more constant channel (B, 2C + 2, *S)."""
     if below.shape != above.shape:
         raise ValueError(
             f"below and above latents differ in shape: {tuple(below.shape)} vs {tuple(above.shape)}"
         )
-    r = r.to(device=below.device, dtype=below.dtype).reshape(-1, *([1] * (below.ndim - 1)))
-    if r.shape[0] != below.shape[0]:
-        raise ValueError(f"r has {r.shape[0]} entries for a batch of {below.shape[0]}")
-    return torch.cat([below, above, r.expand_as(below[:, :1])], dim=1)
+    constants = [r] if gap is None else [r, gap]
+    channels = [below, above]
+    for name, value in zip(("r", "gap"), constants, strict=False):
+        value = value.to(device=below.device, dtype=below.dtype).reshape(-1, *([1] * (below.ndim - 1)))
+        if value.shape[0] != below.shape[0]:
+            raise ValueError(f"{name} has {value.shape[0]} entries for a batch of {below.shape[0]}")
+        channels.append(value.expand_as(below[:, :1]))
+    return torch.cat(channels, dim=1)
 
 
 class ConditionalDenoiser(nn.Module):
     """eps_theta (a ``DiffusionModelUNet``) with tau_theta1/tau_theta2 (a ``ControlNet``) around it.
 
-    ``forward(noisy, t, below, above, r)`` returns the prediction (noise or velocity) for the noisy latent.
+    ``forward(noisy, t, below, above, r, gap)`` returns the prediction (noise or velocity) for the noisy
+    latent; ``gap`` (one value per item) is required when built with ``gap_channel`` and refused otherwise.
     """
 
     def __init__(
@@ -65,10 +73,12 @@ class ConditionalDenoiser(nn.Module):
         injection: bool = True,
         conditioning_channels: Sequence[int] = (16,),
         spatial_dims: int = 2,
+        gap_channel: bool = False,
     ) -> None:
         super().__init__()
         self.latent_channels = latent_channels
-        self.condition_channels = 2 * latent_channels + 1
+        self.gap_channel = gap_channel
+        self.condition_channels = 2 * latent_channels + 1 + int(gap_channel)
         in_channels = latent_channels + self.condition_channels
         net_args = {
             "spatial_dims": spatial_dims,
@@ -107,9 +117,17 @@ class ConditionalDenoiser(nn.Module):
             raise RuntimeError("injection=False: there are no injection residuals (input concatenation only)")
         return self.controlnet(x=unet_input, timesteps=t, controlnet_cond=condition)
 
-    def forward(self, noisy: Tensor, t: Tensor, below: Tensor, above: Tensor, r: Tensor) -> Tensor:
-        """Predict the diffusion target for ``noisy`` at timesteps ``t`` given the neighbours and r."""
-        condition = condition_input(below, above, r)
+    def forward(
+        self, noisy: Tensor, t: Tensor, below: Tensor, above: Tensor, r: Tensor, gap: Tensor | None = None
+    ) -> Tensor:
+        """Predict the diffusion target for ``noisy`` at timesteps ``t`` given the neighbours, r (and gap)."""
+        if self.gap_channel != (gap is not None):
+            raise ValueError(
+                "this denoiser was built with a gap channel: pass gap (one value per item)"
+                if self.gap_channel
+                else "this denoiser has no gap channel (gap_conditioning=False): do not pass gap"
+            )
+        condition = condition_input(below, above, r, gap)
         unet_input = torch.cat([noisy, condition], dim=1)
         if self.controlnet is None:
             return self.unet(x=unet_input, timesteps=t)

@@ -15,6 +15,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import Tensor
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
 def make_schedulers(
@@ -65,6 +66,34 @@ def training_target(scheduler: DDPMScheduler, clean: Tensor, noise: Tensor, time
     if scheduler.prediction_type == "v_prediction":
         return scheduler.get_velocity(clean, noise, timesteps)
     return clean
+
+
+def check_loss_weighting(weighting: str, gamma: float) -> None:
+    """Refuse an unknown ``loss_weighting`` or a non-positive min-SNR gamma when the model is built."""
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+    if not gamma > 0:
+        raise ValueError(f"min_snr_gamma must be > 0, got {gamma}")
+
+
+def loss_weights(scheduler: DDPMScheduler, timesteps: Tensor, weighting: str, gamma: float = 5.0) -> Tensor:
+    """Per-item loss weights ``(B,)`` at ``timesteps``: ones (``uniform``) or min-SNR-gamma (``min_snr``).
+
+    Min-SNR-gamma (Hang et al., ICCV 2023) caps each timestep's weight at ``gamma`` in units of the x0 loss:
+    with SNR = alpha_bar / (1 - alpha_bar) the weight is ``min(SNR, gamma)`` divided by what the regression
+    target already carries, ``SNR`` for the noise and ``SNR + 1`` for the velocity (1 for x0 itself).
+    """
+    check_loss_weighting(weighting, gamma)
+    if weighting == "uniform":
+        return torch.ones(timesteps.shape[0], device=timesteps.device)
+    alphas = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)[timesteps]
+    snr = alphas / (1 - alphas)
+    capped = snr.clamp(max=gamma)
+    if scheduler.prediction_type == "epsilon":
+        return capped / snr
+    if scheduler.prediction_type == "v_prediction":
+        return capped / (snr + 1)
+    return capped
 
 
 def inference_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:

@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
@@ -37,7 +36,9 @@ from calid_lightning.data.sampling import sample_train_example
 from calid_lightning.models.checkpoints import NamedCheckpoint, load_model
 from calid_lightning.models.conditioning import ConditionalDenoiser, lerp
 from calid_lightning.models.diffusion import (
+    check_loss_weighting,
     ddim_sample,
+    loss_weights,
     make_schedulers,
     randn_like_from,
     sample_timesteps,
@@ -45,6 +46,7 @@ from calid_lightning.models.diffusion import (
 )
 from calid_lightning.models.ema import EMA
 from calid_lightning.models.latent_cache import LatentCache, module_digest
+from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
 from calid_lightning.models.vae import VAEModule
 
 DENOISER_HPARAMS = (
@@ -55,8 +57,10 @@ DENOISER_HPARAMS = (
     "norm_num_groups",
     "injection",
     "conditioning_channels",
+    "gap_conditioning",
+    "gap_unit_mm",
 )
-"""The constructor arguments that shape the conditional denoiser (U-Net + ControlNet)."""
+"""The constructor arguments that shape the conditional denoiser (U-Net + ControlNet) and its inputs."""
 
 
 def load_vae(vae_checkpoint: str | None, vae_hparams: dict[str, Any] | None = None) -> VAEModule:
@@ -100,10 +104,18 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
             ControlNet) architecture; channels must be multiples of ``norm_num_groups``.
         injection: build tau_theta2 (ControlNet residual injection); False = input concatenation only.
         conditioning_channels: channels of the ControlNet conditioning encoder (``(16,)`` keeps latent size).
+        gap_conditioning, gap_unit_mm: also condition on the physical distance between the two known slices
+            (``gap_mm / gap_unit_mm`` as one more constant channel): training items carry ``gap_mm``, and
+            :meth:`interpolate` then needs ``gap_mm`` (the upsampler passes it from the slice spacing).
         num_train_timesteps, schedule, beta_start, beta_end, prediction_type: the diffusion process
             (``prediction_type`` "v_prediction" or "epsilon").
         num_inference_steps: DDIM steps of ``interpolate`` by default.
-        lr, weight_decay, lr_warmup_steps: AdamW over the U-Net and ControlNet only, linear warm-up.
+        lr, weight_decay, lr_warmup_steps, lr_decay: AdamW over the U-Net and ControlNet only, linear warm-up,
+            then a constant rate or a cosine decay to 0.1 x ``lr`` at ``trainer.max_steps``
+            (:mod:`~calid_lightning.models.schedules`).
+        loss_weighting, min_snr_gamma: ``uniform`` (plain MSE) or ``min_snr``: each item's MSE weighted by
+            min-SNR-gamma (Hang et al. 2023, :func:`~calid_lightning.models.diffusion.loss_weights`), which
+            keeps the many nearly clean timesteps from dominating the gradient.
         ema_decay, ema_warmup: EMA of the U-Net and ControlNet, used for sampling.
         val_sample_every: every this many validation runs (epoch- or ``val_check_interval``-triggered; sanity
             checks excluded), sample ``val_num_samples`` items of the first
@@ -140,6 +152,8 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         norm_num_groups: int = 32,
         injection: bool = True,
         conditioning_channels: Sequence[int] = (16,),
+        gap_conditioning: bool = False,
+        gap_unit_mm: float = 10.0,
         num_train_timesteps: int = 1000,
         schedule: str = "scaled_linear_beta",
         beta_start: float = 0.0015,
@@ -149,6 +163,9 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         lr_warmup_steps: int = 0,
+        lr_decay: str = "constant",
+        loss_weighting: str = "uniform",
+        min_snr_gamma: float = 5.0,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
         val_sample_every: int = 1,
@@ -161,6 +178,10 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         vae_hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        check_lr_decay(lr_decay)
+        check_loss_weighting(loss_weighting, min_snr_gamma)
+        if not gap_unit_mm > 0:
+            raise ValueError(f"gap_unit_mm must be > 0, got {gap_unit_mm}")
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.latent_channels, downsample_factor = self._build_codec(vae_checkpoint, vae_hparams)
         self.denoiser = ConditionalDenoiser(
@@ -173,7 +194,9 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
             injection=injection,
             conditioning_channels=conditioning_channels,
             spatial_dims=self.spatial_dims,
+            gap_channel=gap_conditioning,
         )
+        self.gap_conditioning, self.gap_unit_mm = gap_conditioning, gap_unit_mm
         self.ema = EMA(self.denoiser, decay=ema_decay, warmup=ema_warmup)
         self.ddpm, self.ddim = make_schedulers(
             num_train_timesteps, schedule, prediction_type, beta_start, beta_end
@@ -188,6 +211,7 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         self._noise_step, self._micro_batch = -1, 0
         # Flags from the constructor, not hparams: a subclass that re-lists the arguments saves only its own.
         self.use_latent_cache, self.residual = latent_cache, residual
+        self.lr_decay, self.loss_weighting, self.min_snr_gamma = lr_decay, loss_weighting, min_snr_gamma
         self._latent_cache: LatentCache | None = None
         self.register_buffer("residual_scale", torch.zeros(()))
 
@@ -236,6 +260,7 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         r: Tensor,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        gap_mm: Tensor | None = None,
     ) -> Tensor:
         """Generate the latent at relative position r between two neighbour latents (EMA weights, DDIM).
 
@@ -244,18 +269,33 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
             r: (B,) relative positions in (0, 1) (or one value for the whole batch).
             num_steps: DDIM steps (default: ``num_inference_steps``).
             generator: CPU generator of the initial noise; equal generators give equal outputs (eta = 0).
+            gap_mm: (B,) distances in mm between ``below`` and ``above`` (or one value); required by a
+                model trained with ``gap_conditioning``, ignored by one without.
         Returns:
             the generated latent (B, C, *S).
         """
         r = torch.as_tensor(r, dtype=below.dtype, device=below.device).reshape(-1).expand(below.shape[0])
+        gap = self._gap_input(gap_mm, below)
         denoiser = self.ema.module
         noise = self._initial_noise(below, generator)
 
         def predict(sample: Tensor, t: Tensor) -> Tensor:
-            return self._predict(denoiser, sample, t, below, above, r)
+            return self._predict(denoiser, sample, t, below, above, r, gap)
 
         generated = ddim_sample(predict, self.ddim, noise, num_steps or self.hparams.num_inference_steps)
         return self.from_diffused(generated, below, above, r)
+
+    def _gap_input(self, gap_mm: Tensor | float | None, like: Tensor) -> Tensor | None:
+        """The gap channel's values ``(B,)`` (``gap_mm / gap_unit_mm``), None for a model without it."""
+        if not self.gap_conditioning:
+            return None
+        if gap_mm is None:
+            raise ValueError(
+                f"{type(self).__name__} was trained with gap_conditioning: pass gap_mm, the distance in mm "
+                "between the two known slices (calid upsample and evaluate take it from the slice spacing)"
+            )
+        gap = torch.as_tensor(gap_mm, dtype=like.dtype, device=like.device).reshape(-1).expand(like.shape[0])
+        return gap / self.gap_unit_mm
 
     def to_diffused(self, latent: Tensor, below: Tensor, above: Tensor, r: Tensor) -> Tensor:
         """The variable the diffusion runs on: the latent, or its scaled residual over lerp (``residual``)."""
@@ -283,14 +323,24 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         return randn_like_from(like, generator)
 
     def _predict(
-        self, denoiser: ConditionalDenoiser, noisy: Tensor, t: Tensor, below: Tensor, above: Tensor, r: Tensor
+        self,
+        denoiser: ConditionalDenoiser,
+        noisy: Tensor,
+        t: Tensor,
+        below: Tensor,
+        above: Tensor,
+        r: Tensor,
+        gap: Tensor | None,
     ) -> Tensor:
         """The denoiser's prediction for latents of this model's item shape (training and sampling)."""
-        return denoiser(noisy, t, below, above, r)
+        return denoiser(noisy, t, below, above, r, gap)
 
-    def _regression_loss(self, prediction: Tensor, target: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        """The diffusion regression loss (MSE)."""
-        return F.mse_loss(prediction.float(), target)
+    def _regression_loss(
+        self, prediction: Tensor, target: Tensor, batch: dict[str, Tensor], weights: Tensor
+    ) -> Tensor:
+        """The diffusion regression loss: each item's MSE times its weight ``(B,)``, averaged."""
+        per_item = (prediction.float() - target).square().flatten(1).mean(dim=1)
+        return (per_item * weights).mean()
 
     def _sample_metrics(
         self, generated: Tensor, target: Tensor, linear: Tensor, batch: dict[str, Tensor]
@@ -373,8 +423,10 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         t = sample_timesteps(clean.shape[0], self.ddpm.num_train_timesteps, clean.device, generator)
         noise = randn_like_from(clean, generator)
         noisy = self.ddpm.add_noise(clean, noise, t)
-        prediction = self._predict(self.denoiser, noisy, t, below, above, r)
-        loss = self._regression_loss(prediction, training_target(self.ddpm, clean, noise, t), batch)
+        gap = self._gap_input(batch.get("gap_mm") if self.gap_conditioning else None, clean)
+        prediction = self._predict(self.denoiser, noisy, t, below, above, r, gap)
+        weights = loss_weights(self.ddpm, t, self.loss_weighting, self.min_snr_gamma)
+        loss = self._regression_loss(prediction, training_target(self.ddpm, clean, noise, t), batch, weights)
         return loss, latents
 
     def on_fit_start(self) -> None:
@@ -435,8 +487,9 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
             return
         n = min(self.hparams.val_num_samples, batch_size)
         sample_generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
+        gap_mm = batch["gap_mm"][:n] if self.gap_conditioning else None
         latent = self.interpolate(
-            below[:n], above[:n], r[:n], self.hparams.val_inference_steps, sample_generator
+            below[:n], above[:n], r[:n], self.hparams.val_inference_steps, sample_generator, gap_mm
         )
         generated = self.decode(latent)
         target = batch["target"][:n].float()
@@ -470,12 +523,16 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         return self._validation_runs % every == 0
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW over the trained parts (U-Net and ControlNet) with an optional linear warm-up."""
+        """AdamW over the trained parts (U-Net and ControlNet): linear warm-up, then ``lr_decay``."""
         optimizer = torch.optim.AdamW(
             self.denoiser.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        warmup = max(1, self.hparams.lr_warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        scheduler = warmup_decay_scheduler(
+            optimizer,
+            self.hparams.lr_warmup_steps,
+            max_steps_of(self),
+            self.lr_decay,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from calid_lightning.errors import DataError
 from calid_lightning.models.attention import float32_attention
 from calid_lightning.models.checkpoints import NamedCheckpoint
 from calid_lightning.models.losses import build_perceptual_loss, kl_divergence
+from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
 
 
 def _images(batch: Any) -> Tensor:
@@ -102,6 +103,8 @@ class VAEModule(NamedCheckpoint, LightningModule):
             attention in encoder and decoder.
         norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
         lr, weight_decay: AdamW settings of the autoencoder (and of the discriminator unless ``disc_lr``).
+        lr_warmup_steps, lr_decay: the autoencoder's rate: linear warm-up, then ``constant`` or ``cosine`` to
+            0.1 x ``lr`` at ``trainer.max_steps`` (:mod:`~calid_lightning.models.schedules`).
         kl_weight: weight of the KL term.
         adv_weight: weight of the patch-GAN generator term; 0 switches the discriminator off entirely.
         adv_warmup_steps: ``trainer.global_step`` at which the adversarial terms start. Before it only the
@@ -128,6 +131,8 @@ class VAEModule(NamedCheckpoint, LightningModule):
         norm_num_groups: int = 32,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        lr_warmup_steps: int = 0,
+        lr_decay: str = "constant",
         kl_weight: float = 1e-6,
         adv_weight: float = 0.0,
         adv_warmup_steps: int = 0,
@@ -141,6 +146,7 @@ class VAEModule(NamedCheckpoint, LightningModule):
         log_images: int = 4,
     ) -> None:
         super().__init__()
+        check_lr_decay(lr_decay)
         self.save_hyperparameters()
         channels = tuple(channels)
         self.latent_channels = latent_channels
@@ -284,6 +290,7 @@ class VAEModule(NamedCheckpoint, LightningModule):
         self.toggle_optimizer(opt_g)
         loss, recon, parts = self._generator_loss(x, adversarial)
         self._step(opt_g, loss)
+        self.lr_schedulers().step()
         self.untoggle_optimizer(opt_g)
         if adversarial:
             self.toggle_optimizer(opt_d)
@@ -332,15 +339,29 @@ class VAEModule(NamedCheckpoint, LightningModule):
             gradient_clip_algorithm=gradient_clip_algorithm or "norm",
         )
 
+    def _generator_steps(self, max_steps: int) -> int:
+        """Autoencoder optimizer steps in a run of ``max_steps`` global steps: with a discriminator every
+        batch from ``adv_warmup_steps`` on counts two global steps (one per optimizer)."""
+        if self.discriminator is None or max_steps <= 0:
+            return max_steps
+        warmup = min(self.hparams.adv_warmup_steps, max_steps)
+        return warmup + math.ceil((max_steps - warmup) / 2)
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         opt_g = torch.optim.AdamW(self.autoencoder.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        schedule = {
+            "scheduler": warmup_decay_scheduler(
+                opt_g, hp.lr_warmup_steps, self._generator_steps(max_steps_of(self)), hp.lr_decay
+            ),
+            "interval": "step",
+        }
         if self.discriminator is None:
-            return opt_g
+            return {"optimizer": opt_g, "lr_scheduler": schedule}
         opt_d = torch.optim.AdamW(
             self.discriminator.parameters(), lr=hp.disc_lr or hp.lr, weight_decay=hp.weight_decay
         )
-        return [opt_g, opt_d]
+        return [opt_g, opt_d], [schedule]
 
     # ---- validation ----------------------------------------------------------------------------------------
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
