@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -135,19 +136,25 @@ def time_method(run: Callable[[], torch.Tensor], warmup: int, repeats: int, devi
 
 
 def diffusion_methods(
-    calid: CaLIDSpatial, pixel: PixelSpatial, steps: int, device: str, max_batch: int = 64
+    calid: CaLIDSpatial,
+    pixel: PixelSpatial,
+    steps: int,
+    device: str,
+    max_batch: int = 64,
+    slice_spacing_mm: float = 10.0,
 ) -> dict[str, Method]:
     """CaLID (one sample; the conditional mean), its latent lerp / slerp and the pixel interpolator as
-    ``(stack, positions) -> dense``."""
+    ``(stack, positions) -> dense`` over acquired slices ``slice_spacing_mm`` apart."""
     common = {"max_batch": max_batch, "device": device}
     calid, pixel = calid.to(device), pixel.to(device)
-    return {
-        "latent lerp": EngineUpsampler(LatentBlend(calid, "lerp"), **common).at,
-        "latent slerp": EngineUpsampler(LatentBlend(calid, "slerp"), **common).at,
-        "calid": EngineUpsampler(calid, num_steps=steps, **common).at,
-        "calid mean": EngineUpsampler(ConditionalMean(calid), **common).at,
-        "pixel diffusion": EngineUpsampler(pixel, num_steps=steps, **common).at,
+    engines = {
+        "latent lerp": EngineUpsampler(LatentBlend(calid, "lerp"), **common),
+        "latent slerp": EngineUpsampler(LatentBlend(calid, "slerp"), **common),
+        "calid": EngineUpsampler(calid, num_steps=steps, **common),
+        "calid mean": EngineUpsampler(ConditionalMean(calid), **common),
+        "pixel diffusion": EngineUpsampler(pixel, num_steps=steps, **common),
     }
+    return {name: functools.partial(e.at, slice_spacing_mm=slice_spacing_mm) for name, e in engines.items()}
 
 
 def image_methods(max_batch: int = 64) -> dict[str, Method]:

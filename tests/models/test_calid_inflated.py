@@ -353,3 +353,34 @@ def test_engine_upsamples_whole_cines(spatial_checkpoint: Path) -> None:
     assert torch.equal(result.dense[::2], stack)
     again = upsample_stack(stack, factor_positions(3, 2), model, num_steps=2, seed=0)
     assert torch.equal(again.dense, result.dense)
+
+
+def test_a_gap_conditioned_spatial_model_inflates_with_its_gap_channel(tmp_path: Path) -> None:
+    """The inflated model keeps the spatial model's gap channel: untrained it is still the spatial model
+    frame by frame for the same gap, and it needs gap_mm like the spatial model does."""
+    vae = tiny_vae_checkpoint(tmp_path / "vae.ckpt")
+    torch.manual_seed(0)
+    spatial = CaLIDSpatial(vae_checkpoint=str(vae), **TINY_UNET, gap_conditioning=True, gap_unit_mm=5.0)
+    with torch.no_grad():
+        for p in spatial.ema.module.parameters():
+            p.normal_(std=0.05)
+    model = inflated(save_checkpoint(spatial, tmp_path / "spatial.ckpt")).eval()
+    assert model.gap_conditioning and model.gap_unit_mm == 5.0
+    noisy, below, above = latent_cines(4)
+    t, r, gap = torch.tensor([999, 300]), torch.tensor([0.25, 0.6]), torch.tensor([1.0, 2.0])
+    expected = spatial.ema.module(
+        fold(noisy),
+        t.repeat_interleave(4),
+        fold(below),
+        fold(above),
+        r.repeat_interleave(4),
+        gap.repeat_interleave(4),
+    )
+    torch.testing.assert_close(
+        fold(model.ema.module(noisy, t, below, above, r, gap)), expected, rtol=1e-5, atol=1e-6
+    )
+    assert (
+        model.interpolate(below, above, r, num_steps=2, gap_mm=torch.tensor([5.0, 10.0])).shape == below.shape
+    )
+    with pytest.raises(ValueError, match="pass gap_mm"):
+        model.interpolate(below, above, r, num_steps=2)
