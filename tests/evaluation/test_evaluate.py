@@ -47,11 +47,13 @@ class Recording:
 
     def __init__(self) -> None:
         self.calls: list[tuple[torch.Tensor, list[float]]] = []
+        self.spacings: list[float | None] = []
 
     def at(
         self, stack: torch.Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None
     ) -> torch.Tensor:
         self.calls.append((stack.clone(), list(positions)))
+        self.spacings.append(slice_spacing_mm)
         return linear_upsample(stack, positions)
 
 
@@ -80,6 +82,14 @@ def test_only_kept_slices_enter_the_input() -> None:
     assert torch.equal(stack, torch.from_numpy(prepared.image[kept][:, [1]]).unsqueeze(2))
     assert positions == pytest.approx([1 / 3, 2 / 3, 4 / 3, 5 / 3, 7 / 3, 8 / 3])
     assert [r["z"] for r in records] == heldout.tolist()
+
+
+def test_the_upsampler_is_told_the_spacing_of_the_kept_slices() -> None:
+    """Kept slices 4 dense slices of 2.5 mm apart are 10 mm apart: what a gap-conditioned model needs."""
+    prepared, method = linear_subject(z=12), Recording()
+    kept, heldout = heldout_plan(prepared.num_slices, 4, 0, "lin")
+    evaluate_run("linear", method, prepared, kept, heldout, [0])
+    assert method.spacings == [10.0]
 
 
 def test_inconsistent_plans_are_rejected() -> None:

@@ -190,3 +190,25 @@ def test_spacing_other_than_the_trained_pixel_spacing_is_a_warning(tmp_path: Pat
     assert "far.nii.gz: in-plane spacing 0.9 x 0.9 mm" in warning and "1.5 mm" in warning
     assert TrainedPreprocessing(recorded=True, checkpoint=tmp_path / "m.ckpt").warnings(far) == []
     assert TrainedPreprocessing().warnings(far) == []  # a baseline method: no checkpoint, nothing to match
+
+
+def test_upsample_gives_a_gap_conditioned_model_the_acquired_spacing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """x2 of slices 8 mm apart: every call of the model bridges 8 mm (one bisection level)."""
+    torch.manual_seed(0)
+    vae = tiny_vae_checkpoint(tmp_path / "vae.ckpt")
+    model = CaLIDSpatial(vae_checkpoint=str(vae), **TINY_UNET, gap_conditioning=True)
+    checkpoint = save_checkpoint(model, tmp_path / "gap.ckpt")
+    gaps: list[torch.Tensor] = []
+    original = CaLIDSpatial.interpolate
+
+    def spy(self, below, above, r, num_steps=None, generator=None, gap_mm=None):
+        gaps.append(gap_mm)
+        return original(self, below, above, r, num_steps, generator, gap_mm)
+
+    monkeypatch.setattr(CaLIDSpatial, "interpolate", spy)
+    image = np.random.default_rng(3).uniform(0, 9, (12, 10, 3))
+    src = write_stack(tmp_path / "sparse.nii.gz", image, spacing=(1.4, 1.6, 8.0))
+    assert upsample(checkpoint, src, tmp_path / "dense.nii.gz") == 0
+    assert len(gaps) == 1 and gaps[0].tolist() == [8.0, 8.0]
