@@ -14,7 +14,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from calid_lightning.models.conditioning import expand_r, lerp
+from calid_lightning.models.conditioning import expand_r, lerp, per_item
 
 __all__ = [
     "DETAIL_WEIGHT",
@@ -167,14 +167,12 @@ class ConditionalMean(InRepresentationOf):
         gap_mm: Tensor | None = None,
     ) -> Tensor:
         """Mean over ``draws`` estimates, drawn as one batch of ``draws x N`` items."""
-        n = below.shape[0]
-        r = torch.as_tensor(r, dtype=below.dtype, device=below.device).reshape(-1).expand(n)
         repeat = (self.draws, *([1] * (below.ndim - 1)))
+        r = per_item(r, below).repeat(self.draws)
         if gap_mm is not None:
-            gap_mm = torch.as_tensor(gap_mm, dtype=below.dtype, device=below.device).reshape(-1).expand(n)
-            gap_mm = gap_mm.repeat(self.draws)
+            gap_mm = per_item(gap_mm, below).repeat(self.draws)
         estimates = self.base.interpolate(
-            below.repeat(repeat), above.repeat(repeat), r.repeat(self.draws), self.steps, generator, gap_mm
+            below.repeat(repeat), above.repeat(repeat), r, self.steps, generator, gap_mm
         )
         return estimates.reshape(self.draws, *below.shape).mean(dim=0)
 

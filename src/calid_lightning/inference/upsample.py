@@ -258,12 +258,10 @@ def _run_plan(
     """
     reps = dict(known)
     made: dict[float, Tensor] = {}
-    spacing = 0.0 if slice_spacing_mm is None else float(slice_spacing_mm)
 
-    def interpolate(below: Tensor, above: Tensor, r: Tensor, gap_mm: Tensor) -> Tensor:
-        given = gap_mm if slice_spacing_mm is not None else None
+    def interpolate(below: Tensor, above: Tensor, r: Tensor, *gap_mm: Tensor) -> Tensor:
         out = interpolator.interpolate(
-            below, above, r, num_steps=num_steps, generator=generator, gap_mm=given
+            below, above, r, num_steps=num_steps, generator=generator, gap_mm=gap_mm[0] if gap_mm else None
         )
         bar.advance(below.shape[0] * frames)
         return out
@@ -272,9 +270,11 @@ def _run_plan(
         below = torch.cat([reps[s.below] for s in level])
         above = torch.cat([reps[s.above] for s in level])
         r = torch.tensor([s.r for s in level], device=below.device).repeat_interleave(n_items)
-        gaps = [(s.above - s.below) * spacing for s in level]
-        gap_mm = torch.tensor(gaps, device=below.device).repeat_interleave(n_items)
-        out = _chunked(interpolate, [below, above, r, gap_mm], max_batch)
+        tensors = [below, above, r]
+        if slice_spacing_mm is not None:  # the distance between each step's known slices
+            gaps = [(s.above - s.below) * slice_spacing_mm for s in level]
+            tensors.append(torch.tensor(gaps, device=below.device).repeat_interleave(n_items))
+        out = _chunked(interpolate, tensors, max_batch)
         for k, step in enumerate(level):
             reps[step.z] = made[step.z] = out[k * n_items : (k + 1) * n_items]
     return made

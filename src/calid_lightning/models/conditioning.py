@@ -32,6 +32,12 @@ def expand_r(r: Tensor, like: Tensor) -> Tensor:
     return r.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def per_item(value: Tensor | float, like: Tensor) -> Tensor:
+    """One value per item of ``like``'s batch, ``(N,)`` in its dtype and device: a scalar or a one-entry
+    tensor is repeated, an ``(N,)`` tensor kept (positions r and gaps are given either way)."""
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1).expand(like.shape[0])
+
+
 def lerp(below: Tensor, above: Tensor, r: Tensor) -> Tensor:
     """Linear interpolation ``(1 - r) * below + r * above`` per item."""
     w = expand_r(r, below)

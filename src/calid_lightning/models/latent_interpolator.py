@@ -34,7 +34,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from calid_lightning.data.datasets import task_frames
 from calid_lightning.data.sampling import sample_train_example
 from calid_lightning.models.checkpoints import NamedCheckpoint, load_model
-from calid_lightning.models.conditioning import ConditionalDenoiser, lerp
+from calid_lightning.models.conditioning import ConditionalDenoiser, lerp, per_item
 from calid_lightning.models.diffusion import (
     check_loss_weighting,
     ddim_sample,
@@ -274,7 +274,7 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         Returns:
             the generated latent (B, C, *S).
         """
-        r = torch.as_tensor(r, dtype=below.dtype, device=below.device).reshape(-1).expand(below.shape[0])
+        r = per_item(r, below)
         gap = self._gap_input(gap_mm, below)
         denoiser = self.ema.module
         noise = self._initial_noise(below, generator)
@@ -294,8 +294,7 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
                 f"{type(self).__name__} was trained with gap_conditioning: pass gap_mm, the distance in mm "
                 "between the two known slices (calid upsample and evaluate take it from the slice spacing)"
             )
-        gap = torch.as_tensor(gap_mm, dtype=like.dtype, device=like.device).reshape(-1).expand(like.shape[0])
-        return gap / self.gap_unit_mm
+        return per_item(gap_mm, like) / self.gap_unit_mm
 
     def to_diffused(self, latent: Tensor, below: Tensor, above: Tensor, r: Tensor) -> Tensor:
         """The variable the diffusion runs on: the latent, or its scaled residual over lerp (``residual``)."""

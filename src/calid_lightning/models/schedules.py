@@ -30,11 +30,11 @@ def lr_factor(
     ``total_steps`` the factor falls along half a cosine from 1 to ``final_fraction`` and stays there.
     """
     check_lr_decay(decay)
-    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    warmup = max(1, warmup_steps)
+    warm = min(1.0, (step + 1) / warmup)
     if decay == "constant" or warm < 1.0:
         return warm
-    span = max(1, total_steps - max(1, warmup_steps))
-    progress = min(1.0, max(0, step + 1 - max(1, warmup_steps)) / span)
+    progress = min(1.0, max(0, step + 1 - warmup) / max(1, total_steps - warmup))
     return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
