@@ -40,7 +40,7 @@ from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import cine_frame_indices
 from calid_lightning.data.subject import DataError
-from calid_lightning.evaluation.heldout import heldout_positions, with_sampling
+from calid_lightning.evaluation.heldout import heldout_positions, kept_spacing_mm, with_sampling
 from calid_lightning.evaluation.metrics import METRICS, heart_box, slice_heart_boxes, slice_metrics
 from calid_lightning.evaluation.records import subject_row, subjects_path, write_csv
 from calid_lightning.evaluation.table import summary_table
@@ -210,7 +210,7 @@ def evaluate_cine_method(
     cines = torch.from_numpy(np.ascontiguousarray(prepared.image[:, frames_i]))
     truth = cines[held_i]
     start = time.perf_counter()
-    pred = method.generate(cines[kept_i], positions, steps, seed, factor * float(prepared.spacing[2]))
+    pred = method.generate(cines[kept_i], positions, steps, seed, kept_spacing_mm(factor, prepared.spacing))
     seconds = time.perf_counter() - start
     if pred.shape != truth.shape:
         raise ValueError(f"method {name!r} returned {tuple(pred.shape)}, expected {tuple(truth.shape)}")

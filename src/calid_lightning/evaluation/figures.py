@@ -39,7 +39,7 @@ from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import DataError
-from calid_lightning.evaluation.heldout import with_sampling
+from calid_lightning.evaluation.heldout import kept_spacing_mm, with_sampling
 from calid_lightning.evaluation.metrics import HEART_LABELS, Box, slice_heart_boxes, slice_metrics
 from calid_lightning.inference.methods import (
     Upsampler,
@@ -177,7 +177,7 @@ class SubjectView:
     @property
     def kept_spacing(self) -> float:
         """The distance in mm between two kept slices."""
-        return self.factor * self.spacing[2]
+        return kept_spacing_mm(self.factor, self.spacing)
 
     def positions(self) -> list[float]:
         """Every local slice as a position in kept-slice units (integers are the acquired slices)."""

@@ -109,6 +109,14 @@ def heldout_positions(kept: Sequence[int], heldout: Sequence[int]) -> tuple[int,
     return factor, [(int(z) - int(kept_a[0])) / factor for z in held_a]
 
 
+def kept_spacing_mm(factor: int, spacing: Sequence[float]) -> float:
+    """The distance in mm between two kept slices: ``factor`` acquired slice spacings (``spacing[2]``).
+
+    The upsamplers need it for gap-conditioned models, which are told the physical gap they bridge.
+    """
+    return factor * float(spacing[2])
+
+
 def with_sampling(upsampler: Upsampler, steps: int | None, seed: int) -> Upsampler:
     """The upsampler with ``steps`` DDIM steps and ``seed`` when it samples; deterministic ones unchanged."""
     if isinstance(upsampler, EngineUpsampler):
@@ -151,8 +159,8 @@ def evaluate_run(
         seconds = time.perf_counter() - start
     else:
         start = time.perf_counter()
-        kept_spacing = factor * float(prepared.spacing[2])
-        generated = with_sampling(upsampler, steps, seed).at(stack, positions, kept_spacing)
+        spacing_mm = kept_spacing_mm(factor, prepared.spacing)
+        generated = with_sampling(upsampler, steps, seed).at(stack, positions, spacing_mm)
         seconds = time.perf_counter() - start
     if generated.shape != truth.shape:
         raise ValueError(
