@@ -103,3 +103,13 @@ def test_bf16_steps_on_gpu(tiny_data):
     batch = bench.first_batch(experiment.datamodule)
     timer = bench.compute_rate(experiment, batch, "bf16-mixed", "gpu", steps=2, warmup=1)
     assert timer.samples == 4 and timer.samples_per_second() > 0
+
+
+def test_vae_with_its_cosine_schedule_is_timed(tiny_data, tmp_path):
+    """experiments/vae.yaml decays its rate over trainer.max_steps: the timing run must give it a length."""
+    experiment = bench.build_experiment("vae", overrides=tiny_data, **CONFIGS)
+    assert experiment.model.hparams.lr_decay == "cosine"
+    experiment.datamodule.prepare_data()
+    experiment.datamodule.setup("fit")
+    timer = bench.compute_rate(experiment, bench.first_batch(experiment.datamodule), steps=2, warmup=1)
+    assert timer.samples == 2 * 2 and len(timer.step_seconds) == 2 and timer.samples_per_second() > 0

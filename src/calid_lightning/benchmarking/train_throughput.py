@@ -254,11 +254,13 @@ def compute_rate(
 ) -> StepTimer:
     """Fit ``steps + warmup + 1`` repeats of ``batch`` (moved to the device once); the timer holds the result.
 
-    The last batch only closes the timing window.
+    The last batch only closes the timing window. ``max_steps`` is that length, so a model whose learning-rate
+    schedule needs the run's length (``lr_decay: cosine``) can build it.
     """
     device = torch.device("cuda", 0) if accelerator in ("gpu", "cuda") else torch.device("cpu")
     batch = move_data_to_device(batch, device)
     timer = StepTimer(warmup, steps)
+    length = warmup + steps + 1
     settings = {k: experiment.trainer[k] for k in STEP_TRAINER_KEYS if experiment.trainer.get(k) is not None}
     with tempfile.TemporaryDirectory() as root:
         trainer = Trainer(
@@ -266,6 +268,7 @@ def compute_rate(
             devices=1,
             precision=precision,
             max_epochs=1,
+            max_steps=length,
             logger=False,
             callbacks=[timer, *experiment.callbacks],
             enable_checkpointing=False,
@@ -276,7 +279,7 @@ def compute_rate(
             default_root_dir=root,
             **settings,
         )
-        trainer.fit(experiment.model, train_dataloaders=RepeatedBatch(batch, warmup + steps + 1))
+        trainer.fit(experiment.model, train_dataloaders=RepeatedBatch(batch, length))
     return timer
 
 
