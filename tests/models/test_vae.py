@@ -98,6 +98,18 @@ def test_training_loss_falls_and_validation_logs(tmp_path: Path) -> None:
     assert grid.shape == (2 * 32, 2 * 32)  # two rows of input | reconstruction
 
 
+@pytest.mark.parametrize(("recon_loss", "error"), [("l1", torch.abs), ("mse", torch.square)])
+def test_reconstruction_loss_is_the_chosen_error(recon_loss: str, error) -> None:
+    torch.manual_seed(0)
+    model = VAEModule(**TINY, recon_loss=recon_loss, kl_weight=0.0)
+    x = torch.rand(2, 1, 16, 16)
+    loss, recon, parts = model._generator_loss(x, adversarial=False)
+    assert set(parts) == {recon_loss, "kl", "loss"}
+    torch.testing.assert_close(loss, error(recon - x).mean())
+    with pytest.raises(ValueError, match="recon_loss: expected one of"):
+        VAEModule(**TINY, recon_loss="l2")
+
+
 def test_adversarial_path_steps_both_optimizers() -> None:
     torch.manual_seed(0)
     model = VAEModule(

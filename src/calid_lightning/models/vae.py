@@ -1,7 +1,8 @@
 """The VAE stage of CaLID: a 2D MONAI ``AutoencoderKL`` trained on single short-axis slices.
 
-Training loss: L1 reconstruction + KL (small weight), optionally a least-squares patch-GAN term after a
-warm-up (then manual optimization with two optimizers) and a perceptual term when its weights are on disk.
+Training loss: L1 (``recon_loss="mse"``: squared) reconstruction error + KL (small weight), optionally a
+least-squares patch-GAN term after a warm-up (then manual optimization with two optimizers) and a perceptual
+term when its weights are on disk.
 
 The latent scale factor (1 / std of the training latents' posterior means) is a registered buffer, so it
 travels in every checkpoint. :class:`LatentScaleFactor` (attached by ``configure_callbacks``) computes it
@@ -30,6 +31,8 @@ from calid_lightning.models.attention import float32_attention
 from calid_lightning.models.checkpoints import NamedCheckpoint
 from calid_lightning.models.losses import build_perceptual_loss, kl_divergence
 from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
+
+RECON_LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
 
 
 def _images(batch: Any) -> Tensor:
@@ -105,6 +108,8 @@ class VAEModule(NamedCheckpoint, LightningModule):
         lr, weight_decay: AdamW settings of the autoencoder (and of the discriminator unless ``disc_lr``).
         lr_warmup_steps, lr_decay: the autoencoder's rate: linear warm-up, then ``constant`` or ``cosine`` to
             0.1 x ``lr`` at ``trainer.max_steps`` (:mod:`~calid_lightning.models.schedules`).
+        recon_loss: ``l1`` (default) or ``mse``, the reconstruction error of the training loss. MSE is the
+            error PSNR measures; L1 is the usual latent-diffusion choice.
         kl_weight: weight of the KL term.
         adv_weight: weight of the patch-GAN generator term; 0 switches the discriminator off entirely.
         adv_warmup_steps: ``trainer.global_step`` at which the adversarial terms start. Before it only the
@@ -133,6 +138,7 @@ class VAEModule(NamedCheckpoint, LightningModule):
         weight_decay: float = 0.0,
         lr_warmup_steps: int = 0,
         lr_decay: str = "constant",
+        recon_loss: str = "l1",
         kl_weight: float = 1e-6,
         adv_weight: float = 0.0,
         adv_warmup_steps: int = 0,
@@ -147,6 +153,8 @@ class VAEModule(NamedCheckpoint, LightningModule):
     ) -> None:
         super().__init__()
         check_lr_decay(lr_decay)
+        if recon_loss not in RECON_LOSSES:
+            raise ValueError(f"recon_loss: expected one of {sorted(RECON_LOSSES)}; got {recon_loss!r}")
         self.save_hyperparameters()
         channels = tuple(channels)
         self.latent_channels = latent_channels
@@ -262,11 +270,12 @@ class VAEModule(NamedCheckpoint, LightningModule):
     def _generator_loss(self, x: Tensor, adversarial: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Autoencoder loss on a sampled reconstruction; returns (loss, reconstruction, parts to log)."""
         recon, z_mu, z_sigma = self.autoencoder(x)
+        recon_loss = self.hparams.recon_loss
         parts = {
-            "l1": (recon.float() - x.float()).abs().mean(),
+            recon_loss: RECON_LOSSES[recon_loss](recon.float(), x.float()),
             "kl": kl_divergence(z_mu.float(), z_sigma.float()),
         }
-        loss = parts["l1"] + self.hparams.kl_weight * parts["kl"]
+        loss = parts[recon_loss] + self.hparams.kl_weight * parts["kl"]
         if self._perceptual:
             perceptual = self._perceptual[0].to(x.device)
             parts["perceptual"] = perceptual(recon.float(), x.float()).mean()
