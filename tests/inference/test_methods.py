@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from calid_lightning.inference.baselines import IMAGE_BASELINES
-from calid_lightning.inference.interpolator import ConditionalMean, LatentBlend
+from calid_lightning.inference.interpolator import DETAIL_WEIGHT, ConditionalMean, DetailTransfer, LatentBlend
 from calid_lightning.inference.methods import (
+    MEAN_DRAWS,
     METHODS,
     MODEL_FILES,
     CodecCeiling,
@@ -21,6 +22,7 @@ from calid_lightning.inference.methods import (
     checked_methods,
     label_of,
     methods_of,
+    models_from_args,
     title_of,
     training_mismatches,
 )
@@ -219,3 +221,20 @@ def test_checked_methods_refuse_bad_options(tool, argv, message, capsys) -> None
     with pytest.raises(SystemExit) as exc:
         check(tool, argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", ["evaluate", "evaluate-cine", "figures"])
+def test_each_tool_passes_its_estimate_settings_to_the_built_methods(tool: str, spatial: Path) -> None:
+    """--mean-draws and --detail-weight of every scoring tool reach the conditional mean and the residual."""
+    from calid_lightning.evaluation import cine_eval, evaluate_cli, figures
+
+    parser = {"evaluate": evaluate_cli, "evaluate-cine": cine_eval, "figures": figures}[tool].build_parser()
+    argv = ["--data", "d.yaml", "--checkpoint", str(spatial), "--mean-draws", "3", "--detail-weight", "0.5"]
+    models = models_from_args(parser.parse_args(argv))
+    detail = build_method("calid_mean_detail", models).interpolator
+    assert isinstance(detail, DetailTransfer) and detail.weight == 0.5
+    assert isinstance(detail.inner, ConditionalMean) and detail.inner.draws == 3
+    defaults = models_from_args(parser.parse_args(["--data", "d.yaml"]))
+    assert (defaults.mean_draws, defaults.detail_weight) == (MEAN_DRAWS, DETAIL_WEIGHT)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "d.yaml", "--detail-weight", "-0.5"])

@@ -34,8 +34,6 @@ from tqdm.auto import tqdm
 from calid_lightning.cli_options import (
     add_data_arguments,
     add_device_argument,
-    non_negative_float,
-    positive_int,
 )
 from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.datamodule import CardiacDataModule
@@ -51,8 +49,6 @@ from calid_lightning.evaluation.metrics import METRICS
 from calid_lightning.evaluation.records import subject_row, subjects_path, write_csv
 from calid_lightning.evaluation.table import summary_table
 from calid_lightning.inference.methods import (
-    DETAIL_WEIGHT,
-    MEAN_DRAWS,
     Upsampler,
     add_model_arguments,
     build_method,
@@ -77,19 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", default="ed_es", help="ed_es, ed, es, all or frame indices (0,5)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--mean-draws",
-        type=positive_int,
-        default=MEAN_DRAWS,
-        help=f"noise draws averaged by calid_mean, the conditional-mean estimate (default {MEAN_DRAWS})",
-    )
-    parser.add_argument(
-        "--detail-weight",
-        type=non_negative_float,
-        default=DETAIL_WEIGHT,
-        help="weight of the neighbours' VAE residual added by calid_mean_detail / calid_detail "
-        f"(default {DETAIL_WEIGHT})",
-    )
     add_device_argument(parser)
     parser.add_argument("--max-batch", type=int, default=64, help="slices per interpolator call")
     parser.add_argument("--out", default="results/eval/spatial_x4.csv", help="per-slice CSV to write")

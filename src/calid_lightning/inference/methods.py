@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from calid_lightning.cli_options import non_negative_float, positive_int
 from calid_lightning.errors import DataError
 from calid_lightning.inference.baselines import IMAGE_BASELINES
 from calid_lightning.inference.interpolator import (
@@ -170,10 +171,12 @@ def model_for(models: MethodModels, needs: str) -> Any:
 def models_from_args(args: argparse.Namespace) -> MethodModels:
     """The :class:`MethodModels` of a tool's parsed options (model files it does not offer stay None)."""
     files = {dest: getattr(args, dest, None) for dest in INTERPOLATOR_FILES}
-    draws = getattr(args, "mean_draws", MEAN_DRAWS)
-    weight = getattr(args, "detail_weight", DETAIL_WEIGHT)
     return MethodModels(
-        **files, device=args.device, max_batch=args.max_batch, mean_draws=draws, detail_weight=weight
+        **files,
+        device=args.device,
+        max_batch=args.max_batch,
+        mean_draws=args.mean_draws,
+        detail_weight=args.detail_weight,
     )
 
 
@@ -410,12 +413,26 @@ def build_method(name: str, models: MethodModels | None = None) -> Any:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, tool: str) -> None:
-    """The model-file options ``tool``'s methods need, each with the methods that need it in its help."""
+    """The model-file options ``tool``'s methods need, each with the methods that need it in its help, and
+    the two settings of the CaLID estimates (``--mean-draws``, ``--detail-weight``)."""
     offered = methods_of(tool)
     for dest, file in MODEL_FILES.items():
         users = [m for m in offered if METHODS[m].needs == dest]
         if users:
             parser.add_argument(file.option, dest=dest, help=f"{file.what} for {', '.join(users)}")
+    parser.add_argument(
+        "--mean-draws",
+        type=positive_int,
+        default=MEAN_DRAWS,
+        help=f"noise draws averaged by the conditional-mean (*_mean*) methods (default {MEAN_DRAWS})",
+    )
+    parser.add_argument(
+        "--detail-weight",
+        type=non_negative_float,
+        default=DETAIL_WEIGHT,
+        help="weight of the neighbours' VAE residual added by the *_detail methods "
+        f"(default {DETAIL_WEIGHT}, chosen on the validation split)",
+    )
 
 
 def checked_methods(parser: argparse.ArgumentParser, args: argparse.Namespace, tool: str) -> list[str]:
