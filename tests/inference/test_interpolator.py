@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from calid_lightning.inference.interpolator import DETAIL_WEIGHT, ConditionalMean, DetailTransfer, lerp
+from calid_lightning.inference.interpolator import (
+    DETAIL_WEIGHT,
+    ConditionalMean,
+    DetailTransfer,
+    calid_estimate,
+    lerp,
+)
 
 
 class NoisyLerp:
@@ -138,3 +144,19 @@ def test_detail_transfer_is_mirror_symmetric_and_clamped_to_the_data_range() -> 
 def test_bad_detail_weight_is_refused(weight: float) -> None:
     with pytest.raises(ValueError, match="weight >= 0"):
         DetailTransfer(PoolCodec(), weight=weight)
+
+
+def test_calid_estimate_composes_sample_mean_and_detail() -> None:
+    """The one composition of upsample and the table: the model, its mean of draws, the residual on top."""
+    below, above, r = _slices(n=2, seed=2)
+    model = NoisyLerp()
+    assert calid_estimate(model, mean=False) is model
+
+    def run(interpolator) -> torch.Tensor:
+        return interpolator.interpolate(below, above, r, generator=torch.Generator().manual_seed(3))
+
+    torch.testing.assert_close(run(calid_estimate(model, True, 8)), run(ConditionalMean(model, draws=8)))
+    detail = calid_estimate(model, True, 8, detail_weight=0.5)
+    torch.testing.assert_close(run(detail), run(DetailTransfer(ConditionalMean(model, draws=8), 0.5)))
+    sample_detail = calid_estimate(model, False, detail_weight=0.0)
+    assert isinstance(sample_detail, DetailTransfer) and sample_detail.inner is model

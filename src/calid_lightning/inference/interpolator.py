@@ -229,3 +229,16 @@ class DetailTransfer(ImageRepresentation):
         d_below, d_above, decoded = self.inner.decode(torch.cat([z_below, z_above, estimate])).chunk(3)
         residual = lerp(below - d_below.to(below.dtype), above - d_above.to(above.dtype), r)
         return (decoded.to(below.dtype) + self.weight * residual).clamp(0.0, 1.0)
+
+
+def calid_estimate(
+    model: SliceInterpolator, mean: bool, draws: int = 1, detail_weight: float | None = None
+) -> SliceInterpolator:
+    """The interpolator of one CaLID estimate: the model's sample or (``mean``) its conditional mean over
+    ``draws`` noise draws, wrapped in :class:`DetailTransfer` when a ``detail_weight`` is given.
+
+    The one composition of ``calid upsample`` and the scoring tools' ``calid*`` methods, so an upsampled scan
+    and a table row of the same settings are the same computation.
+    """
+    inner = ConditionalMean(model, draws=draws) if mean else model
+    return inner if detail_weight is None else DetailTransfer(inner, detail_weight)

@@ -31,9 +31,8 @@ from calid_lightning.errors import DataError
 from calid_lightning.inference.baselines import IMAGE_BASELINES
 from calid_lightning.inference.interpolator import (
     DETAIL_WEIGHT,
-    ConditionalMean,
-    DetailTransfer,
     LatentBlend,
+    calid_estimate,
 )
 from calid_lightning.inference.nifti_io import trained_preprocessing
 from calid_lightning.inference.upsample import EngineUpsampler
@@ -189,7 +188,7 @@ def _calid(models: MethodModels, order: str = "bisection") -> EngineUpsampler:
 
 
 def _calid_mean(models: MethodModels) -> EngineUpsampler:
-    return _engine(ConditionalMean(model_for(models, "checkpoint"), draws=models.mean_draws), models)
+    return _engine(calid_estimate(model_for(models, "checkpoint"), True, models.mean_draws), models)
 
 
 def _with_detail(mean: bool) -> Callable[[MethodModels], EngineUpsampler]:
@@ -197,8 +196,7 @@ def _with_detail(mean: bool) -> Callable[[MethodModels], EngineUpsampler]:
 
     def build(models: MethodModels) -> EngineUpsampler:
         model = model_for(models, "checkpoint")
-        inner = ConditionalMean(model, draws=models.mean_draws) if mean else model
-        return _engine(DetailTransfer(inner, models.detail_weight), models)
+        return _engine(calid_estimate(model, mean, models.mean_draws, models.detail_weight), models)
 
     return build
 
@@ -220,7 +218,7 @@ def _cine(needs: str, shared: bool, mean: bool) -> Callable[[MethodModels], Engi
         else:  # a copy: the loaded model is shared, and frame_noise differs between these methods
             model = copy.deepcopy(model_for(models, needs))
         model.frame_noise = 1.0 if shared else 0.0
-        return _engine(ConditionalMean(model, draws=models.mean_draws) if mean else model, models)
+        return _engine(calid_estimate(model, mean, models.mean_draws), models)
 
     return build
 

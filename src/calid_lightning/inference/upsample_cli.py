@@ -37,9 +37,8 @@ from calid_lightning.cli_options import (
 from calid_lightning.data.subject import DataError
 from calid_lightning.inference.interpolator import (
     DETAIL_WEIGHT,
-    ConditionalMean,
-    DetailTransfer,
     SliceInterpolator,
+    calid_estimate,
 )
 from calid_lightning.inference.methods import methods_of
 from calid_lightning.inference.nifti_io import (
@@ -133,8 +132,8 @@ def _interpolator(args: argparse.Namespace):
 
         interpolators = (CaLIDSpatial, CaLIDInflated, PixelSpatial)
         model = load_model(args.checkpoint, interpolators, map_location=args.device).to(args.device)
-        inner = ConditionalMean(model, draws=args.mean_draws) if args.estimate == "mean" else model
-        return DetailTransfer(inner, args.detail_weight) if args.detail_weight > 0 else inner
+        detail = args.detail_weight if args.detail_weight > 0 else None
+        return calid_estimate(model, args.estimate == "mean", args.mean_draws, detail)
     if args.method == "linear":
         from calid_lightning.inference.baselines import ImageLinear
 
