@@ -22,6 +22,7 @@ from calid_lightning.evaluation.heldout import (
     evaluate_run,
     heldout_positions,
     select_frames,
+    shift_kept_slices,
 )
 from calid_lightning.evaluation.records import subjects_path
 from calid_lightning.inference.baselines import IMAGE_BASELINES, linear_upsample
@@ -90,6 +91,36 @@ def test_the_upsampler_is_told_the_spacing_of_the_kept_slices() -> None:
     kept, heldout = heldout_plan(prepared.num_slices, 4, 0, "lin")
     evaluate_run("linear", method, prepared, kept, heldout, [0])
     assert method.spacings == [10.0]
+
+
+def test_shifted_kept_slices_move_by_their_own_clipped_offset_shared_by_frames() -> None:
+    """A ramp along H and W moves by exactly the drawn offset in pixels; frames of a slice move together."""
+    h = torch.arange(16.0).reshape(16, 1)
+    ramp = (h + 100 * h.T).expand(3, 2, 1, 16, 16).clone()  # value = h + 100 w
+    assert shift_kept_slices(ramp, 0.0, (2.0, 2.0), seed=0) is ramp
+    moved = shift_kept_slices(ramp, 100.0, (2.0, 2.0), seed=0)  # huge offsets: all clipped to +-6 mm = 3 px
+    mm = np.clip(np.random.default_rng(0).normal(0.0, 100.0, (3, 2)), -6, 6)
+    assert np.abs(mm).tolist() == [[6.0, 6.0]] * 3
+    for z, (dh, dw) in enumerate(mm / 2.0):
+        inner = moved[z, :, 0, 4:-4, 4:-4]
+        torch.testing.assert_close(inner, ramp[z, :, 0, 4:-4, 4:-4] - dh - 100 * dw)
+        torch.testing.assert_close(moved[z, 0], moved[z, 1])
+    small = shift_kept_slices(ramp, 1.0, (1.0, 1.0), seed=1)
+    assert torch.equal(small, shift_kept_slices(ramp, 1.0, (1.0, 1.0), seed=1))
+    assert not torch.equal(small, shift_kept_slices(ramp, 1.0, (1.0, 1.0), seed=2))
+
+
+def test_input_shift_misregisters_the_input_only() -> None:
+    """Linear interpolation of shifted kept slices misses the unshifted truth, which is not moved."""
+    prepared = linear_subject(z=12)
+    kept, heldout = heldout_plan(prepared.num_slices, 4, 0, "lin")
+    clean, fake = Recording(), Recording()
+    plain = evaluate_run("linear", clean, prepared, kept, heldout, [0]).records
+    shifted = evaluate_run("linear", fake, prepared, kept, heldout, [0], input_shift_mm=2.0).records
+    assert not torch.equal(fake.calls[0][0], clean.calls[0][0])
+    assert min(r["psnr"] for r in plain) > 40 > max(r["psnr"] for r in shifted)
+    again = evaluate_run("linear", Recording(), prepared, kept, heldout, [0], input_shift_mm=2.0).records
+    assert [r["psnr"] for r in again] == [r["psnr"] for r in shifted]  # every method sees the same input
 
 
 def test_inconsistent_plans_are_rejected() -> None:
@@ -185,6 +216,18 @@ def test_cli_image_methods_end_to_end(phantom_root: Path, tmp_path: Path, capsys
     means = {r["method"]: float(r["psnr"]) for r in subject_rows}
     assert means["linear"] > means["nearest"], "the phantom's sanity order"
     assert "| linear | 1 |" in captured.out and "s/volume" in captured.out
+
+
+def test_cli_input_shift_misregisters_the_kept_slices(phantom_root: Path, tmp_path: Path, capsys) -> None:
+    runs = {}
+    for name, extra in {"still": [], "moved": ["--input-shift-mm", "3"]}.items():
+        out = tmp_path / f"{name}.csv"
+        assert evaluate(phantom_root, out, "--methods", "linear", "--frames", "ed", *extra) == 0
+        runs[name] = np.mean([float(r["psnr"]) for r in read_csv(out)[1]])
+    assert runs["moved"] < runs["still"] - 0.5, runs
+    with pytest.raises(SystemExit) as exc:
+        evaluate(phantom_root, tmp_path / "bad.csv", "--methods", "linear", "--input-shift-mm", "-1")
+    assert exc.value.code == 2 and "--input-shift-mm" in capsys.readouterr().err
 
 
 def test_cli_rejects_a_bad_data_config(tmp_path: Path, capsys) -> None:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from calid_lightning.cli_options import (
     add_data_arguments,
     add_device_argument,
+    non_negative_float,
 )
 from calid_lightning.data.config import build_datamodule, data_init_args
 from calid_lightning.data.datamodule import CardiacDataModule
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", default="ed_es", help="ed_es, ed, es, all or frame indices (0,5)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--input-shift-mm",
+        type=non_negative_float,
+        default=0.0,
+        help="misregister the kept slices: each moved in plane by N(0, S) mm per axis (clipped to 6 mm), "
+        "like breath-hold offsets; the held-out truth stays put (default 0: off)",
+    )
     add_device_argument(parser)
     parser.add_argument("--max-batch", type=int, default=64, help="slices per interpolator call")
     parser.add_argument("--out", default="results/eval/spatial_x4.csv", help="per-slice CSV to write")
@@ -141,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.steps,
                     args.seed,
                     segmenter=segmenter,
+                    input_shift_mm=args.input_shift_mm,
                 )
                 records += run.records
                 seconds = run.seconds / len(frames)

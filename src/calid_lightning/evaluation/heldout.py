@@ -27,6 +27,7 @@ from torch import Tensor
 
 from calid_lightning.data.datasets import labelled_frames
 from calid_lightning.data.preprocess import PreparedSubject
+from calid_lightning.data.sampling import stable_int
 from calid_lightning.evaluation.metrics import METRICS, slice_heart_boxes, slice_metrics
 from calid_lightning.evaluation.segmentation import (
     CLASS_KEYS,
@@ -117,6 +118,31 @@ def kept_spacing_mm(factor: int, spacing: Sequence[float]) -> float:
     return factor * float(spacing[2])
 
 
+MAX_SHIFT_MM = 6.0
+"""Breath-hold offsets are clipped here, as in the phantom generator (``breath_hold_shift_mm``)."""
+
+
+def shift_kept_slices(stack: Tensor, shift_mm: float, pixel_mm: Sequence[float], seed: int) -> Tensor:
+    """The kept slices ``(Z, T, 1, H, W)`` each moved in plane by its own breath-hold offset.
+
+    Offsets are drawn per slice and axis from N(0, ``shift_mm``) mm, clipped to +-:data:`MAX_SHIFT_MM`, and
+    shared by the slice's frames (one breath-hold acquires one slice's whole cine); bilinear resampling,
+    edges repeated. ``seed`` fixes the draws, so every method sees the same misregistered input. This is how
+    held-out scoring measures robustness to misregistration: the truth stays where it is.
+    """
+    if shift_mm <= 0:
+        return stack
+    from scipy.ndimage import shift as nd_shift
+
+    rng = np.random.default_rng(seed)
+    mm = np.clip(rng.normal(0.0, shift_mm, (stack.shape[0], 2)), -MAX_SHIFT_MM, MAX_SHIFT_MM)
+    px = mm / np.asarray(pixel_mm[:2], dtype=np.float64)
+    moved = stack.numpy().copy()
+    for z, (dh, dw) in enumerate(px):
+        moved[z] = nd_shift(moved[z], (0, 0, dh, dw), order=1, mode="nearest")
+    return torch.from_numpy(moved)
+
+
 def with_sampling(upsampler: Upsampler, steps: int | None, seed: int) -> Upsampler:
     """The upsampler with ``steps`` DDIM steps and ``seed`` when it samples; deterministic ones unchanged."""
     if isinstance(upsampler, EngineUpsampler):
@@ -135,6 +161,7 @@ def evaluate_run(
     seed: int = 0,
     margin: int = 4,
     segmenter: Segmenter | None = None,
+    input_shift_mm: float = 0.0,
 ) -> MethodRun:
     """Reconstruct the held-out slices of ``prepared`` at ``frames`` from the kept slices and score them.
 
@@ -143,11 +170,14 @@ def evaluate_run(
     stack (all frames at once; VAE encode / decode included) and the per-subject segmentation summary.
 
     For :class:`TrueSlices` the "reconstruction" is the true slices: image metrics are NaN (they would
-    compare a slice with itself) and seconds 0.
+    compare a slice with itself) and seconds 0. ``input_shift_mm`` > 0 misregisters the kept slices
+    (:func:`shift_kept_slices`, seeded by ``seed`` and the subject) before the upsampler sees them.
     """
     factor, positions = heldout_positions(kept, heldout)
     kept_i, held_i, frames_i = list(map(int, kept)), list(map(int, heldout)), list(map(int, frames))
     stack = torch.from_numpy(np.ascontiguousarray(prepared.image[kept_i][:, frames_i])).unsqueeze(2)
+    shift_seed = stable_int("input-shift", seed, prepared.subject_id)
+    stack = shift_kept_slices(stack, input_shift_mm, prepared.spacing, shift_seed)
     assert not set(kept_i) & set(held_i), "a held-out slice would enter the sparse input"
     truth = torch.from_numpy(np.ascontiguousarray(prepared.image[held_i][:, frames_i])).unsqueeze(2)
 
