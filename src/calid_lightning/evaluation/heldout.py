@@ -137,10 +137,9 @@ def shift_kept_slices(stack: Tensor, shift_mm: float, pixel_mm: Sequence[float],
     rng = np.random.default_rng(seed)
     mm = np.clip(rng.normal(0.0, shift_mm, (stack.shape[0], 2)), -MAX_SHIFT_MM, MAX_SHIFT_MM)
     px = mm / np.asarray(pixel_mm[:2], dtype=np.float64)
-    moved = stack.numpy().copy()
-    for z, (dh, dw) in enumerate(px):
-        moved[z] = nd_shift(moved[z], (0, 0, dh, dw), order=1, mode="nearest")
-    return torch.from_numpy(moved)
+    slices = zip(stack.numpy(), px, strict=True)
+    moved = [nd_shift(s, (0, 0, dh, dw), order=1, mode="nearest") for s, (dh, dw) in slices]
+    return torch.from_numpy(np.stack(moved))
 
 
 def with_sampling(upsampler: Upsampler, steps: int | None, seed: int) -> Upsampler:

@@ -40,7 +40,7 @@ from calid_lightning.inference.interpolator import (
     SliceInterpolator,
     calid_estimate,
 )
-from calid_lightning.inference.methods import methods_of
+from calid_lightning.inference.methods import MEAN_DRAWS, methods_of
 from calid_lightning.inference.nifti_io import (
     TrainedPreprocessing,
     frames_from_cine,
@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         "mean (the x0-prediction averaged over --mean-draws noise draws: best PSNR/SSIM, smoother)",
     )
     parser.add_argument(
-        "--mean-draws", type=positive_int, default=1, help="noise draws of --estimate mean (default 1)"
+        "--mean-draws",
+        type=positive_int,
+        default=MEAN_DRAWS,
+        help=f"noise draws of --estimate mean (default {MEAN_DRAWS})",
     )
     parser.add_argument(
         "--detail-weight",
