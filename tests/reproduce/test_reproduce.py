@@ -234,12 +234,22 @@ def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.Mon
     assert {"eval_spatial_x2", "eval_spatial_x4", "eval_pixel_x4", "eval_cine_x4", "figures_x4"} <= set(
         stages
     )
+    assert "eval_cine_inflated_x4" in stages
     assert set(stages["calid_spatial"].needs) == {"data", "vae"}
     assert set(stages["calid_inflated"].needs) == {"data", "calid_spatial"}
-    assert set(stages["eval_cine_x4"].needs) == {"calid_inflated", "calid_spatial"}
-    argv = stages["eval_cine_x4"].argv
+    assert set(stages["eval_cine_inflated_x4"].needs) == {"calid_inflated", "calid_spatial"}
+    argv = stages["eval_cine_inflated_x4"].argv
     inflated_ckpt = str(last_checkpoint(tmp_path / "runs" / "calid_inflated"))
     assert argv[argv.index("--inflated-checkpoint") + 1] == inflated_ckpt
+    inflated_methods = argv[argv.index("--methods") + 1].split(",")
+    assert {"calid_inflated", "calid_inflated_shared", "calid", "linear"} <= set(inflated_methods)
+    assert set(stages["eval_cine_x4"].needs) == {"calid_spatial"}, "frame-by-frame cines need no 2D+T model"
+    argv = stages["eval_cine_x4"].argv
+    assert "--inflated-checkpoint" not in argv and "--figure" not in argv
+    frame_by_frame = argv[argv.index("--methods") + 1].split(",")
+    assert frame_by_frame and not set(frame_by_frame) & set(inflated_methods), "each method runs once"
+    cine = profile.evaluate["cine"]["methods"]
+    assert sorted(frame_by_frame + inflated_methods) == sorted(cine), "every cine method runs"
     generated = yaml.safe_load((tmp_path / "runs" / "configs" / "calid_inflated.yaml").read_text())
     assert generated["model"]["init_args"]["spatial_checkpoint"] == str(
         last_checkpoint(tmp_path / "runs" / "calid_spatial")
@@ -320,6 +330,8 @@ def test_table_means_stds_best_and_missing_columns(tmp_path: Path) -> None:
     write_subjects(tmp_path / "eval" / "spatial_x4_subjects.csv", rows)
     cine = [{"subject": "p0", "method": "calid_inflated", "factor": 4, "psnr": 19.0, "temporal_error": 0.05}]
     write_subjects(tmp_path / "eval" / "cine_x4_subjects.csv", cine)
+    frame_by_frame = [{"subject": "p0", "method": "calid_shared", "factor": 4, "psnr": 18.0}]
+    write_subjects(tmp_path / "eval" / "cine_inflated_x4_subjects.csv", frame_by_frame)
     write_subjects(tmp_path / "eval" / "unrelated_subjects.csv", [{"subject": "x", "method": "y"}])
 
     text, csv_rows = build_table(tmp_path / "eval", "Test table", ["a note"])
@@ -329,6 +341,7 @@ def test_table_means_stds_best_and_missing_columns(tmp_path: Path) -> None:
     assert calid["seconds_per_volume"] == 2  # median
     assert math.isnan(by_method[("slices", "truth")]["psnr"])
     assert by_method[("cine", "calid_inflated")]["temporal_error"] == pytest.approx(0.05)
+    assert by_method[("cine", "calid_shared")]["psnr"] == pytest.approx(18.0), "both cine CSVs, one section"
     lines = text.splitlines()
     calid_line = next(line for line in lines if line.startswith("| CaLID, one sample"))
     linear_line = next(line for line in lines if line.startswith("| linear in z"))
@@ -342,7 +355,7 @@ def test_table_means_stds_best_and_missing_columns(tmp_path: Path) -> None:
     md, table_csv = write_table(tmp_path / "eval", tmp_path / "out", "Test table")
     assert md.read_text().startswith("# Test table")
     with table_csv.open() as handle:
-        assert len(list(csv.DictReader(handle))) == 4
+        assert len(list(csv.DictReader(handle))) == 5
     with pytest.raises(FileNotFoundError, match="no spatial_x"):
         build_table(tmp_path / "empty", "x")
 

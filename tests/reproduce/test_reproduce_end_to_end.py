@@ -148,7 +148,7 @@ def test_reproduce_runs_every_stage_and_writes_the_table(
     stamps = sorted(p.name for p in (runs / "tiny" / "tiny_data" / "stamps").glob("*.json"))
     cine = {r["method"] for r in rows if r["section"] == "cine"}
     assert cine == {"calid_inflated", "calid_shared", "calid", "linear"}
-    assert len(stamps) == 11  # data, 5 trainings, 2 spatial + 1 pixel + 1 cine evaluation, figures
+    assert len(stamps) == 12  # data, 5 trainings, 2 spatial + 1 pixel + 2 cine evaluations, figures
     assert main([*argv, "--heartbeat", "1000"]) == 0  # everything cached: nothing runs again
     again = capsys.readouterr().out
     assert again.count("skip ") == len(stamps) and "start " not in again

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from calid_lightning.experiment_config import merge_configs
+from calid_lightning.inference.methods import METHODS
 from calid_lightning.reproduce.profile import Profile
 
 STAGE_NEEDING_VAE = ("calid_spatial",)
@@ -210,21 +211,8 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
 
     stages = []  # the longest stage first: ready stages start in plan order (runner.StageRunner.run)
     cine = ev.get("cine") or {}
-    cine_models = {
-        "calid_inflated": "--inflated-checkpoint",
-        "calid_spatial": "--checkpoint",
-    }
     if cine and "calid_inflated" in trained:
-        factor = int(cine.get("factor", 4))
-        out, figure = eval_dir / f"cine_x{factor}.csv", figure_dir / f"intensity_over_time_x{factor}.png"
-        needs = tuple(name for name in cine_models if name in trained)
-        models = [arg for name in needs for arg in (cine_models[name], ckpt[name])]
-        cine_steps = ["--steps", str(cine["steps"])] if cine.get("steps") else steps
-        argv = ["evaluate-cine", *common, *models, *cine_steps]
-        argv += ["--factor", str(factor), "--frames", str(cine.get("frames", 8))]
-        argv += ["--methods", ",".join(cine.get("methods", ["calid_inflated", "calid", "linear"]))]
-        argv += ["--out", str(out), "--figure", str(figure)]
-        stages.append(Stage(f"eval_cine_x{factor}", tuple(argv), needs, (out, figure)))
+        stages += cine_stages(cine, ckpt, common, steps, eval_dir, figure_dir)
     for factor in ev["factors"]:
         spatial = ["--checkpoint", ckpt["calid_spatial"]] if "calid_spatial" in trained else []
         needs = (*(("calid_spatial",) if spatial else ()), *seg_needs)
@@ -263,6 +251,45 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
         names = ("comparison", "through_plane", "uncertainty")
         outputs = tuple(figure_dir / f"{n}_x{factor}.png" for n in names)
         stages.append(Stage(f"figures_x{factor}", tuple(argv), needs, outputs))
+    return stages
+
+
+def cine_stages(
+    cine: dict[str, Any],
+    ckpt: dict[str, str],
+    common: list[str],
+    steps: list[str],
+    eval_dir: Path,
+    figure_dir: Path,
+) -> list[Stage]:
+    """The 2D+T evaluation as two ``calid evaluate-cine`` stages on the same cines, scored alike.
+
+    ``eval_cine_inflated_x<k>`` runs the inflated model's methods and those the intensity-over-time figure
+    compares (``figure_methods``) and draws the figure; it waits for ``calid_inflated``. ``eval_cine_x<k>``
+    runs the remaining frame-by-frame methods, which need only ``calid_spatial``, so they run while the
+    inflated model trains instead of after it (the table merges both CSVs into one section).
+    """
+    factor, inflated_model = int(cine.get("factor", 4)), "inflated_checkpoint"
+    methods = list(cine.get("methods", ["calid_inflated", "calid", "linear"]))
+    figure_methods = list(cine.get("figure_methods", ["calid_inflated", "calid", "linear"]))
+    inflated = [
+        m for m in methods if m in figure_methods or getattr(METHODS.get(m), "needs", None) == inflated_model
+    ]
+    frame_by_frame = [m for m in methods if m not in inflated]
+    steps = ["--steps", str(cine["steps"])] if cine.get("steps") else steps
+    args = [*common, *steps, "--factor", str(factor), "--frames", str(cine.get("frames", 8))]
+    spatial = ["--checkpoint", ckpt["calid_spatial"]]
+    out = eval_dir / f"cine_inflated_x{factor}.csv"
+    figure = figure_dir / f"intensity_over_time_x{factor}.png"
+    argv = ["evaluate-cine", *args, "--inflated-checkpoint", ckpt["calid_inflated"], *spatial]
+    argv += ["--methods", ",".join(inflated), "--out", str(out), "--figure", str(figure)]
+    argv += ["--figure-methods", ",".join(figure_methods)]
+    needs = ("calid_inflated", "calid_spatial")
+    stages = [Stage(f"eval_cine_inflated_x{factor}", tuple(argv), needs, (out, figure))]
+    if frame_by_frame:
+        out = eval_dir / f"cine_x{factor}.csv"
+        argv = ["evaluate-cine", *args, *spatial, "--methods", ",".join(frame_by_frame), "--out", str(out)]
+        stages.append(Stage(f"eval_cine_x{factor}", tuple(argv), ("calid_spatial",), (out,)))
     return stages
 
 

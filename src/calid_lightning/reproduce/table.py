@@ -1,9 +1,9 @@
 """The results table: per-subject evaluation CSVs reduced to mean +- std per method, as Markdown and CSV.
 
 Reads the ``*_subjects.csv`` files that ``calid evaluate`` (``spatial_x<k>``, ``pixel_x<k>``) and
-``calid evaluate-cine`` (``cine_x<k>``) write. Every metric is the mean +- sample std over test subjects of
-the subject means; seconds per volume is the median over subjects. The best method per column (the ``truth``
-ceilings excluded) is in bold. Columns a CSV lacks (no segmenter given) show ``-``.
+``calid evaluate-cine`` (``cine_x<k>`` and ``cine_inflated_x<k>``, one section) write. Every metric is the
+mean +- sample std over test subjects of the subject means; seconds per volume is the median over subjects.
+The best method per column (the ``truth`` ceilings excluded) is in bold. Columns a CSV lacks (no segmenter given) show ``-``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ CINE_COLUMNS = (
 METHOD_ORDER = tuple(METHODS)
 """Rows in the order of the method registry (ceilings last, never bold)."""
 CEILINGS = tuple(name for name, method in METHODS.items() if method.ceiling)
-FILE_PATTERN = re.compile(r"^(spatial|pixel|cine|steps(\d+))_x(\d+)_subjects\.csv$")
+FILE_PATTERN = re.compile(r"^(spatial|pixel|cine|cine_inflated|steps(\d+))_x(\d+)_subjects\.csv$")
 
 
 def _float(value: str | None) -> float:
@@ -77,7 +77,9 @@ def read_subject_rows(eval_dir: Path) -> dict[tuple[str, int], list[dict[str, st
         if not match:
             continue
         kind, steps, factor = match.group(1), match.group(2), int(match.group(3))
-        section = {"cine": "cine", "spatial": "slices", "pixel": "slices"}.get(kind, "steps")
+        section = {"cine": "cine", "cine_inflated": "cine", "spatial": "slices", "pixel": "slices"}.get(
+            kind, "steps"
+        )
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         if steps:  # the DDIM-steps ablation: one CaLID row per step count
