@@ -3,7 +3,8 @@
 Reads the ``*_subjects.csv`` files that ``calid evaluate`` (``spatial_x<k>``, ``pixel_x<k>``) and
 ``calid evaluate-cine`` (``cine_x<k>`` and ``cine_inflated_x<k>``, one section) write. Every metric is the
 mean +- sample std over test subjects of the subject means; seconds per volume is the median over subjects.
-The best method per column (the ``truth`` ceilings excluded) is in bold. Columns a CSV lacks (no segmenter given) show ``-``.
+The best method per column (the ``truth`` ceilings excluded) is in bold. Columns a CSV lacks (no segmenter
+given) show ``-``.
 """
 
 from __future__ import annotations
