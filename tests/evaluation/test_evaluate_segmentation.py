@@ -16,11 +16,13 @@ from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
 from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS
+from calid_lightning.data.sampling import stable_int
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
     SEGMENTATION_FIELDS,
     SUBJECT_SEGMENTATION_FIELDS,
     evaluate_run,
+    shift_kept_slices,
 )
 from calid_lightning.evaluation.records import subjects_path
 from calid_lightning.evaluation.segmentation import stack_volume_errors
@@ -120,6 +122,32 @@ def test_truth_with_an_exact_segmenter_is_perfect() -> None:
         assert run.summary[key] == pytest.approx(0.0, abs=1e-9), key
     with pytest.raises(TypeError, match="true held-out slices"):
         TrueSlices().at(torch.zeros(2, 1, 1, 24, 24), [0.5])
+
+
+class RecordingSegmenter(IntensitySegmenter):
+    """The exact segmenter, keeping every batch of images it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[torch.Tensor] = []
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls.append(images.clone())
+        return super().predict(images)
+
+
+def test_volumes_segment_the_acquired_slices_the_method_saw() -> None:
+    """The dense stack for EF is acquired + generated slices: under breath-hold offsets its acquired slices
+    are the misregistered ones the method was given, not the registered truth."""
+    prepared = heart_subject()
+    kept_ed_es = torch.from_numpy(prepared.image[KEPT][:, [0, 2]]).unsqueeze(2)
+    for shift_mm in (0.0, 3.0):
+        seen = RecordingSegmenter()
+        truth = build_method("truth")
+        evaluate_run("truth", truth, prepared, KEPT, HELD, [0, 2], segmenter=seen, input_shift_mm=shift_mm)
+        seed = stable_int("input-shift", 0, prepared.subject_id)
+        acquired = shift_kept_slices(kept_ed_es, shift_mm, prepared.spacing, seed)
+        assert torch.equal(seen.calls[-1], acquired.reshape(-1, 1, 24, 24)), shift_mm
+    assert not torch.equal(acquired, kept_ed_es), "the 3 mm offsets moved the acquired slices"
 
 
 def test_a_method_that_finds_nothing_scores_zero_and_loses_the_heldout_volume() -> None:

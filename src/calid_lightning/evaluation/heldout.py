@@ -207,7 +207,9 @@ def evaluate_run(
         scores = slice_metrics(generated.flatten(0, 1), truth.flatten(0, 1), boxes)
     summary: dict[str, float] = {}
     if segmenter is not None:
-        segmented, summary = segment_reconstruction(segmenter, prepared, kept_i, held_i, frames_i, generated)
+        segmented, summary = segment_reconstruction(
+            segmenter, prepared, kept_i, held_i, frames_i, generated, stack
+        )
         scores = scores | segmented
     records = []
     for i, (z, frame) in enumerate((z, f) for z in held_i for f in frames_i):
@@ -224,11 +226,14 @@ def segment_reconstruction(
     heldout: list[int],
     frames: list[int],
     generated: Tensor,
+    acquired: Tensor,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per-slice Dice / HD95 of the segmented reconstructions and the per-subject summary with LV volumes.
 
     ``generated`` is ``(len(heldout), len(frames), 1, H, W)``, clamped to the data range [0, 1] before the
-    segmenter sees it. Slices of frames without true labels get NaN; the volumes need the subject's ED and
+    segmenter sees it. ``acquired`` ``(len(kept), len(frames), 1, H, W)`` is the sparse input the method saw
+    (misregistered under ``input_shift_mm``): the LV volumes segment the dense stack a user would have,
+    acquired slices plus generated ones, against the true labels. Slices of frames without true labels get NaN; the volumes need the subject's ED and
     ES frames among ``frames`` and labelled, else they are NaN.
     """
     n_held, n_frames, _, height, width = generated.shape
@@ -255,8 +260,8 @@ def segment_reconstruction(
     ed, es = prepared.ed_frame, prepared.es_frame
     if {ed, es} <= {frames[i] for i in scored}:
         columns = [frames.index(ed), frames.index(es)]
-        kept_images = torch.from_numpy(np.ascontiguousarray(prepared.image[kept][:, [ed, es]]))
-        kept_predicted = segmenter.predict(kept_images.reshape(-1, 1, height, width)).cpu().numpy()
+        kept_images = acquired[:, columns].reshape(-1, 1, height, width).float()
+        kept_predicted = segmenter.predict(kept_images).cpu().numpy()
         volumes = stack_volume_errors(
             kept_predicted.reshape(len(kept), 2, height, width),
             predicted[:, columns],
