@@ -14,9 +14,9 @@ from test_evaluate import PHANTOM, evaluate, read_csv
 
 from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.preprocess import PreparedSubject
+from calid_lightning.data.sampling import stable_int
 from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
 from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS
-from calid_lightning.data.sampling import stable_int
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
     SEGMENTATION_FIELDS,

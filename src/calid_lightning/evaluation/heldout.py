@@ -233,8 +233,8 @@ def segment_reconstruction(
     ``generated`` is ``(len(heldout), len(frames), 1, H, W)``, clamped to the data range [0, 1] before the
     segmenter sees it. ``acquired`` ``(len(kept), len(frames), 1, H, W)`` is the sparse input the method saw
     (misregistered under ``input_shift_mm``): the LV volumes segment the dense stack a user would have,
-    acquired slices plus generated ones, against the true labels. Slices of frames without true labels get NaN; the volumes need the subject's ED and
-    ES frames among ``frames`` and labelled, else they are NaN.
+    acquired slices plus generated ones, against the true labels. Slices of frames without true labels get
+    NaN; the volumes need the subject's ED and ES frames among ``frames`` and labelled, else they are NaN.
     """
     n_held, n_frames, _, height, width = generated.shape
     per_slice = {key: np.full(n_held * n_frames, math.nan) for key in SEGMENTATION_FIELDS}
