@@ -12,7 +12,14 @@ import yaml
 
 from calid_lightning.reproduce.profile import ProfileError, load_profile
 from calid_lightning.reproduce.runner import StageRunner, stage_keys, topological_order
-from calid_lightning.reproduce.stages import Stage, last_checkpoint, plan, training_overrides, training_stages
+from calid_lightning.reproduce.stages import (
+    Stage,
+    cine_stages,
+    last_checkpoint,
+    plan,
+    training_overrides,
+    training_stages,
+)
 from calid_lightning.reproduce.table import build_table, write_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -263,6 +270,15 @@ def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.Mon
     assert argv[:3] == ("fit", "-c", "experiments/calid_spatial.yaml") and "--trainer.max_steps=1500" in argv
     assert stages["eval_spatial_x4"].outputs == (tmp_path / "results" / "eval" / "spatial_x4.csv",)
     topological_order(list(stages.values()))
+
+
+def test_cine_stages_without_a_trained_spatial_model_keep_one_stage() -> None:
+    """A profile whose 2D+T model comes without a trained calid_spatial stage: one cine stage, needing only
+    calid_inflated, given every method (evaluate-cine skips those it has no model file for)."""
+    cine = {"methods": ["calid_inflated", "calid_shared", "linear"]}
+    (stage,) = cine_stages(cine, {"calid_inflated": "inflated.ckpt"}, [], [], Path("e"), Path("f"))
+    assert stage.needs == ("calid_inflated",) and "--checkpoint" not in stage.argv
+    assert stage.argv[stage.argv.index("--methods") + 1] == "calid_inflated,calid_shared,linear"
 
 
 @pytest.mark.parametrize(

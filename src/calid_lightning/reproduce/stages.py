@@ -254,6 +254,10 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
     return stages
 
 
+CINE_METHODS = ("calid_inflated", "calid", "linear")
+"""The 2D+T methods (and those of the intensity-over-time figure) when the profile names none."""
+
+
 def cine_stages(
     cine: dict[str, Any],
     ckpt: dict[str, str],
@@ -267,24 +271,30 @@ def cine_stages(
     ``eval_cine_inflated_x<k>`` runs the inflated model's methods and those the intensity-over-time figure
     compares (``figure_methods``) and draws the figure; it waits for ``calid_inflated``. ``eval_cine_x<k>``
     runs the remaining frame-by-frame methods, which need only ``calid_spatial``, so they run while the
-    inflated model trains instead of after it (the table merges both CSVs into one section).
+    inflated model trains instead of after it (the table merges both CSVs into one section). Without a
+    trained ``calid_spatial`` every method goes to the first stage, which skips those it has no model for.
     """
-    factor, inflated_model = int(cine.get("factor", 4)), "inflated_checkpoint"
-    methods = list(cine.get("methods", ["calid_inflated", "calid", "linear"]))
-    figure_methods = list(cine.get("figure_methods", ["calid_inflated", "calid", "linear"]))
-    inflated = [
-        m for m in methods if m in figure_methods or getattr(METHODS.get(m), "needs", None) == inflated_model
+    factor = int(cine.get("factor", 4))
+    methods = list(cine.get("methods", CINE_METHODS))
+    figure_methods = list(cine.get("figure_methods", CINE_METHODS))
+    has_spatial = "calid_spatial" in ckpt
+    frame_by_frame = [
+        m
+        for m in methods
+        if has_spatial
+        and m not in figure_methods
+        and getattr(METHODS.get(m), "needs", None) != "inflated_checkpoint"
     ]
-    frame_by_frame = [m for m in methods if m not in inflated]
+    inflated = [m for m in methods if m not in frame_by_frame]
     steps = ["--steps", str(cine["steps"])] if cine.get("steps") else steps
     args = [*common, *steps, "--factor", str(factor), "--frames", str(cine.get("frames", 8))]
-    spatial = ["--checkpoint", ckpt["calid_spatial"]]
+    spatial = ["--checkpoint", ckpt["calid_spatial"]] if has_spatial else []
     out = eval_dir / f"cine_inflated_x{factor}.csv"
     figure = figure_dir / f"intensity_over_time_x{factor}.png"
     argv = ["evaluate-cine", *args, "--inflated-checkpoint", ckpt["calid_inflated"], *spatial]
     argv += ["--methods", ",".join(inflated), "--out", str(out), "--figure", str(figure)]
     argv += ["--figure-methods", ",".join(figure_methods)]
-    needs = ("calid_inflated", "calid_spatial")
+    needs = ("calid_inflated", *(("calid_spatial",) if has_spatial else ()))
     stages = [Stage(f"eval_cine_inflated_x{factor}", tuple(argv), needs, (out, figure))]
     if frame_by_frame:
         out = eval_dir / f"cine_x{factor}.csv"
