@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from calid_lightning.inference.baselines import ImageLinear
 from calid_lightning.inference.interpolator import (
     DETAIL_WEIGHT,
     ConditionalMean,
@@ -12,6 +13,7 @@ from calid_lightning.inference.interpolator import (
     calid_estimate,
     lerp,
 )
+from calid_lightning.inference.upsample import factor_positions, upsample_stack
 
 
 class NoisyLerp:
@@ -94,14 +96,51 @@ def _slices(n: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torc
     return below, above, torch.linspace(0.2, 0.8, n)
 
 
+def _detail(method: DetailTransfer, below, above, r, **kwargs) -> torch.Tensor:
+    """One slice through the method's own representation: encode both neighbours, interpolate, decode."""
+    z_below, z_above = method.encode(torch.cat([below, above])).chunk(2)
+    return method.decode(method.interpolate(z_below, z_above, r, **kwargs))
+
+
 def test_detail_transfer_over_a_linear_codec_and_latent_lerp_is_image_linear_interpolation() -> None:
     codec = PoolCodec()
     below, above, r = _slices()
-    got = DetailTransfer(codec, weight=1.0).interpolate(below, above, r)
+    got = _detail(DetailTransfer(codec, weight=1.0), below, above, r)
     torch.testing.assert_close(got, lerp(below, above, r))
-    assert codec.encoded == [6] and codec.decoded == [9]  # both neighbours in one call, three decodes in one
+    assert codec.encoded == [6] and codec.decoded == [6, 3]  # the neighbours' residuals, then the estimate
     plain = codec.decode(codec.interpolate(codec.encode(below), codec.encode(above), r))
     assert (plain - lerp(below, above, r)).abs().max() > 0.1  # the codec alone loses the detail
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.0])
+def test_detail_transfer_through_the_engine_adds_the_acquired_residuals_linear_field(weight: float) -> None:
+    """x4 is two bisection levels; the second conditions on generated slices, whose residual must stay on
+    the acquired slices' linear field (re-encoding a generated image shrinks it by ``weight`` again). Over
+    the linear codec the result is ``(1 - w) linear(D(E(x))) + w linear(x)``: at weight 1, image linear."""
+    g = torch.Generator().manual_seed(5)
+    stack = torch.rand(3, 2, 1, 8, 8, generator=g) * 0.8
+    codec = PoolCodec()
+    positions = factor_positions(3, 4)
+    got = upsample_stack(stack, positions, DetailTransfer(codec, weight=weight)).dense
+    assert codec.encoded == [6]  # the acquired slices, once
+    recon = codec.decode(codec.encode(stack.flatten(0, 1))).reshape(stack.shape)
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        return upsample_stack(x, positions, ImageLinear()).dense
+
+    want = ((1 - weight) * linear(recon) + weight * linear(stack)).clamp(0, 1)
+    torch.testing.assert_close(got[1:4], want[1:4])  # the generated slices of the first gap
+    torch.testing.assert_close(got[5:8], want[5:8])
+
+
+def test_detail_transfer_keeps_the_inner_latent_chain() -> None:
+    """Weight 0 is the plain estimate to the bit, through two levels of generated neighbours."""
+    stack = torch.rand(4, 3, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    positions = factor_positions(4, 4)
+    inner = ConditionalMean(NoisyLerp(), draws=2)
+    got = upsample_stack(stack, positions, DetailTransfer(inner, weight=0.0), seed=3).dense
+    want = upsample_stack(stack, positions, inner, seed=3).dense
+    torch.testing.assert_close(got[1:-1], want[1:-1].clamp(0, 1))
 
 
 def test_detail_weight_scales_the_blended_residual_and_zero_is_the_decoded_estimate() -> None:
@@ -110,7 +149,7 @@ def test_detail_weight_scales_the_blended_residual_and_zero_is_the_decoded_estim
     decoded = codec.decode(codec.interpolate(codec.encode(below), codec.encode(above), r))
     residual = lerp(below - codec.decode(codec.encode(below)), above - codec.decode(codec.encode(above)), r)
     for weight in (0.0, 0.5, 0.75):
-        got = DetailTransfer(codec, weight=weight).interpolate(below, above, r)
+        got = _detail(DetailTransfer(codec, weight=weight), below, above, r)
         torch.testing.assert_close(got, (decoded + weight * residual).clamp(0, 1))
     assert DetailTransfer(codec).weight == DETAIL_WEIGHT
     assert DetailTransfer(codec).size_multiple == 2
@@ -119,25 +158,28 @@ def test_detail_weight_scales_the_blended_residual_and_zero_is_the_decoded_estim
 def test_detail_transfer_over_a_lossless_codec_is_the_inner_method() -> None:
     below, above, r = _slices(seed=2)
     inner = ConditionalMean(NoisyLerp(), draws=3)
-    got = DetailTransfer(inner, weight=1.0).interpolate(
-        below, above, r, generator=torch.Generator().manual_seed(4)
+    got = _detail(
+        DetailTransfer(inner, weight=1.0), below, above, r, generator=torch.Generator().manual_seed(4)
     )
     want = inner.decode(
         inner.interpolate(2 * below, 2 * above, r, generator=torch.Generator().manual_seed(4))
     )
     torch.testing.assert_close(got, want.clamp(0, 1))
-    x = torch.rand(2, 1, 4, 4)
-    assert DetailTransfer(inner).encode(x) is x and DetailTransfer(inner).decode(x) is x  # images throughout
 
 
 def test_detail_transfer_is_mirror_symmetric_and_clamped_to_the_data_range() -> None:
     codec = PoolCodec()
     below, above, r = _slices(seed=3)
     method = DetailTransfer(codec, weight=4.0)
-    forward = method.interpolate(below, above, r)
-    torch.testing.assert_close(method.interpolate(above, below, 1 - r), forward)
-    torch.testing.assert_close(method.interpolate(below.flip(-1), above.flip(-1), r), forward.flip(-1))
+    forward = _detail(method, below, above, r)
+    torch.testing.assert_close(_detail(method, above, below, 1 - r), forward)
+    torch.testing.assert_close(_detail(method, below.flip(-1), above.flip(-1), r), forward.flip(-1))
     assert forward.min() == 0.0 and forward.max() == 1.0  # a large weight overshoots; the result is clamped
+
+
+def test_detail_transfer_refuses_to_decode_before_it_has_encoded() -> None:
+    with pytest.raises(RuntimeError, match="encode must see a batch"):
+        DetailTransfer(PoolCodec()).decode(torch.zeros(1, 80))
 
 
 @pytest.mark.parametrize("weight", [-0.1, float("nan")])
@@ -153,7 +195,9 @@ def test_calid_estimate_composes_sample_mean_and_detail() -> None:
     assert calid_estimate(model, mean=False) is model
 
     def run(interpolator) -> torch.Tensor:
-        return interpolator.interpolate(below, above, r, generator=torch.Generator().manual_seed(3))
+        z_below, z_above = interpolator.encode(torch.cat([below, above])).chunk(2)
+        z = interpolator.interpolate(z_below, z_above, r, generator=torch.Generator().manual_seed(3))
+        return interpolator.decode(z)
 
     torch.testing.assert_close(run(calid_estimate(model, True, 8)), run(ConditionalMean(model, draws=8)))
     detail = calid_estimate(model, True, 8, detail_weight=0.5)

@@ -9,6 +9,7 @@ engine drives 2D slices ``(N, 1, H, W)`` and cines ``(N, 1, T, H, W)``.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -83,8 +84,8 @@ def slerp(below: Tensor, above: Tensor, r: Tensor, eps: float = 1e-7) -> Tensor:
 
 
 class ImageRepresentation:
-    """Base of the interpolators whose representation is the image itself (image-space baselines,
-    :class:`DetailTransfer`); subclasses define ``interpolate``."""
+    """Base of the interpolators whose representation is the image itself (the image-space baselines);
+    subclasses define ``interpolate``."""
 
     size_multiple = 1
 
@@ -183,27 +184,28 @@ the best held-out PSNR on the quick profile's *validation* subjects at x4 (0.5 g
 best PSNR at x2; docs/ablations.md)."""
 
 
-class DetailTransfer(ImageRepresentation):
-    """A latent interpolator's decoded slice plus the neighbours' codec residual, interpolated in image space.
+class DetailTransfer:
+    """A latent interpolator's decoded estimate plus the acquired slices' codec residual, interpolated in z.
 
     A latent method cannot score above its autoencoder: whatever the VAE loses of the true slice (edges,
-    fine texture) is lost. The neighbours show what the VAE loses near the missing slice: ``below -
-    decode(encode(below))``, likewise above. This method adds their blend back::
+    fine texture) is lost. The acquired slices show what the VAE loses near a missing one: ``x -
+    decode(encode(x))``. This method carries that residual beside the latent and adds it back::
 
-        out = decode(inner(encode(below), encode(above), r)) + weight * lerp(below - D(E(below)),
-                                                                            above - D(E(above)), r)
+        out(z) = decode(latent(z)) + weight * residual(z)
 
-    Equivalently, ``linear + weight * (decoded estimate - lerp of the decoded neighbours)`` at ``weight``
-    1: image-space linear interpolation corrected by what the model changes in the decoder's space, so the
-    VAE's error cancels to first order. With a lossless codec it is ``inner`` itself; with a linear codec
+    where ``latent(z)`` is exactly the ``inner`` interpolator's own chain (the plain estimate's latents, level
+    by level) and ``residual(z)`` is the image-space linear interpolation in z of the acquired slices'
+    residuals (interpolating linearly between known residuals, level after level, stays on that piecewise-
+    linear field). At ``weight`` 1 this is ``linear + (decoded estimate - linear of the decoded acquired
+    slices)``: image-space linear interpolation corrected by what the model changes in the decoder's space, so
+    the VAE's error cancels to first order. With a lossless codec it is ``inner`` itself; with a linear codec
     and latent lerp as ``inner`` (``weight`` 1) it is exactly image-space linear interpolation, so the gain
-    over linear comes from the model. ``weight`` < 1 trades the neighbours' copied detail (and their noise)
-    for smoothness.
+    over linear comes from the model. ``weight`` < 1 trades the copied detail (and its noise) for smoothness.
 
-    The representation is the image itself (the engine hands over image slices); ``inner`` is any
-    interpolator in a codec's representation (a CaLID model, :class:`ConditionalMean`, :class:`LatentBlend`)
-    and provides ``encode`` / ``decode``. Each call encodes the two neighbours and decodes three batches in
-    one call each. Results are clamped to the data range [0, 1].
+    The representation is each item's latent and residual, flattened and concatenated; :meth:`encode`
+    records their shapes, so it must see a batch before :meth:`interpolate` and :meth:`decode` (the engine
+    encodes the acquired slices first). Compared with the plain estimate it costs one extra decode per
+    acquired slice. Results are clamped to the data range [0, 1].
     """
 
     def __init__(self, inner: SliceInterpolator, weight: float = DETAIL_WEIGHT) -> None:
@@ -212,6 +214,22 @@ class DetailTransfer(ImageRepresentation):
         self.inner = inner
         self.weight = float(weight)
         self.size_multiple = int(getattr(inner, "size_multiple", 1))
+        self._shapes: tuple[torch.Size, torch.Size] | None = None
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Images -> per item, the inner latent and the codec residual ``x - D(E(x))``, flattened, joined."""
+        z = self.inner.encode(x)
+        residual = x - self.inner.decode(z).to(x.dtype)
+        self._shapes = (z.shape[1:], residual.shape[1:])
+        return torch.cat([z.flatten(1), residual.to(z.dtype).flatten(1)], dim=1)
+
+    def _split(self, rep: Tensor) -> tuple[Tensor, Tensor]:
+        if self._shapes is None:
+            raise RuntimeError("DetailTransfer.encode must see a batch before interpolate or decode")
+        latent, residual = self._shapes
+        n = math.prod(latent)
+        return rep[:, :n].reshape(-1, *latent), rep[:, n:].reshape(-1, *residual)
 
     @torch.no_grad()
     def interpolate(
@@ -223,12 +241,18 @@ class DetailTransfer(ImageRepresentation):
         generator: torch.Generator | None = None,
         gap_mm: Tensor | None = None,
     ) -> Tensor:
-        """The inner estimate at ``r``, decoded, plus ``weight`` times the blended neighbour residuals."""
-        z_below, z_above = self.inner.encode(torch.cat([below, above])).chunk(2)
-        estimate = self.inner.interpolate(z_below, z_above, r, num_steps, generator, gap_mm)
-        d_below, d_above, decoded = self.inner.decode(torch.cat([z_below, z_above, estimate])).chunk(3)
-        residual = lerp(below - d_below.to(below.dtype), above - d_above.to(above.dtype), r)
-        return (decoded.to(below.dtype) + self.weight * residual).clamp(0.0, 1.0)
+        """The inner estimate of the latent at ``r`` beside the linear blend of the two residuals."""
+        z_below, res_below = self._split(below)
+        z_above, res_above = self._split(above)
+        z = self.inner.interpolate(z_below, z_above, r, num_steps, generator, gap_mm)
+        residual = lerp(res_below, res_above, r)
+        return torch.cat([z.flatten(1), residual.to(z.dtype).flatten(1)], dim=1)
+
+    @torch.no_grad()
+    def decode(self, rep: Tensor) -> Tensor:
+        """``decode(latent) + weight * residual``, clamped to [0, 1]."""
+        z, residual = self._split(rep)
+        return (self.inner.decode(z).to(residual.dtype) + self.weight * residual).clamp(0.0, 1.0)
 
 
 def calid_estimate(
