@@ -5,6 +5,11 @@ Reads the ``*_subjects.csv`` files that ``calid evaluate`` (``spatial_x<k>``, ``
 mean +- sample std over test subjects of the subject means; seconds per volume is the median over subjects.
 The best method per column (the ``truth`` ceilings excluded) is in bold. Columns a CSV lacks (no segmenter
 given) show ``-``.
+
+With 3 test subjects a mean +- std says little about whether one method beats another: the subjects differ
+far more from each other than the methods do. So each section that scores ``linear`` also gets a paired
+table (:func:`paired`): per method, the mean over subjects of ``method - linear`` on the same subject, same
+slices, and on how many subjects the method is the better of the two.
 """
 
 from __future__ import annotations
@@ -60,6 +65,13 @@ CINE_COLUMNS = (
 METHOD_ORDER = tuple(METHODS)
 """Rows in the order of the method registry (ceilings last, never bold)."""
 CEILINGS = tuple(name for name, method in METHODS.items() if method.ceiling)
+REFERENCE = "linear"
+"""The method every other one is paired with: image-space linear interpolation in z."""
+PAIRED_FIELDS = {
+    "slices": ("psnr", "ssim", "psnr_heart", "ssim_heart", "dice_myo", "hd95_mean"),
+    "cine": ("psnr", "ssim", "ssim_heart", "temporal_error"),
+}
+"""The columns of each section's paired table."""
 FILE_PATTERN = re.compile(r"^(spatial|pixel|cine|cine_inflated|steps(\d+))_x(\d+)_subjects\.csv$")
 
 
@@ -85,6 +97,9 @@ def read_subject_rows(eval_dir: Path) -> dict[tuple[str, int], list[dict[str, st
             rows = list(csv.DictReader(handle))
         if steps:  # the DDIM-steps ablation: one CaLID row per step count
             rows = [r | {"method": f"calid, {steps} DDIM steps"} for r in rows]
+        # Rows pair only with rows scored on the same slices: the pixel file scores other frames.
+        pairing = "cine" if section == "cine" else kind
+        rows = [r | {"pairing": pairing} for r in rows]
         groups.setdefault((section, factor), []).extend(rows)
     return groups
 
@@ -107,6 +122,52 @@ def summarise(rows: Sequence[dict[str, str]], columns: Sequence[Column]) -> list
                 summary[column.field], summary[f"{column.field}_std"] = statistics.fmean(values), std
         summaries.append(summary)
     return summaries
+
+
+def paired(
+    rows: Sequence[dict[str, str]], columns: Sequence[Column], reference: str = REFERENCE
+) -> list[dict[str, object]]:
+    """Per method, each column's paired difference with ``reference`` over the subjects both scored.
+
+    ``<field>_vs_<reference>`` is the mean over subjects of ``method - reference`` on the same subject and
+    slices (rows of one ``pairing``); ``<field>_better`` counts the subjects where the method is better
+    (higher, or lower where ``higher_is_better`` is False; a tie is not better) and ``<field>_pairs`` the
+    subjects compared. Methods with no row beside a reference row are left out, as are the ceilings.
+    """
+    ref = {(r["pairing"], r["subject"]): r for r in rows if r["method"] == reference}
+    methods = sorted({r["method"] for r in rows} - {reference, *CEILINGS}, key=_rank)
+    out = []
+    for method in methods:
+        keys = [(r, (r["pairing"], r["subject"])) for r in rows if r["method"] == method]
+        mine = [(r, ref[key]) for r, key in keys if key in ref]
+        if not mine:
+            continue
+        summary: dict[str, object] = {"method": method}
+        for column in columns:
+            diffs = [_float(r.get(column.field)) - _float(base.get(column.field)) for r, base in mine]
+            diffs = [d for d in diffs if not math.isnan(d)]
+            sign = 1 if column.higher_is_better else -1
+            summary[f"{column.field}_vs_{reference}"] = statistics.fmean(diffs) if diffs else math.nan
+            summary[f"{column.field}_better"] = sum(sign * d > 0 for d in diffs)
+            summary[f"{column.field}_pairs"] = len(diffs)
+        out.append(summary)
+    return out
+
+
+def paired_markdown(
+    summaries: Sequence[dict[str, object]], columns: Sequence[Column], reference: str = REFERENCE
+) -> str:
+    """A Markdown table of :func:`paired` output: ``+0.52 (3/3)`` = mean difference (subjects better)."""
+    rows = []
+    for summary in summaries:
+        cells = []
+        for column in columns:
+            diff = float(summary[f"{column.field}_vs_{reference}"])
+            better, pairs = summary[f"{column.field}_better"], summary[f"{column.field}_pairs"]
+            cells.append("-" if math.isnan(diff) else f"{diff:+.{column.digits}f} ({better}/{pairs})")
+        rows.append([title_of(str(summary["method"])), *cells])
+    header = ["method", *(f"{c.header} - {reference}" for c in columns)]
+    return markdown_table(header, rows, right=[False] + [True] * len(columns))
 
 
 def _rank(method: str) -> tuple[int, int, str]:
@@ -164,7 +225,19 @@ def build_table(eval_dir: Path, title: str, notes: Sequence[str] = ()) -> tuple[
             "cine": f"2D+T cines, gap factor x{factor}",
         }[section]
         parts += [f"## {heading}", "", markdown(summaries, columns), ""]
-        csv_rows += [{"section": section, "factor": factor} | s for s in summaries]
+        pairs = {}
+        if section in PAIRED_FIELDS:
+            paired_columns = [c for c in columns if c.field in PAIRED_FIELDS[section]]
+            pairs = {p["method"]: p for p in paired(rows, paired_columns)}
+        if pairs:
+            parts += [
+                f"Paired with {title_of(REFERENCE)} (same subjects and slices): mean over subjects of "
+                f"method - {REFERENCE}, and (subjects where the method is better / subjects).",
+                "",
+                paired_markdown(list(pairs.values()), paired_columns),
+                "",
+            ]
+        csv_rows += [{"section": section, "factor": factor} | s | pairs.get(s["method"], {}) for s in summaries]
     parts += [f"- {note}" for note in notes]
     return "\n".join(parts).rstrip() + "\n", csv_rows
 
