@@ -237,7 +237,9 @@ def build_table(eval_dir: Path, title: str, notes: Sequence[str] = ()) -> tuple[
                 paired_markdown(list(pairs.values()), paired_columns),
                 "",
             ]
-        csv_rows += [{"section": section, "factor": factor} | s | pairs.get(s["method"], {}) for s in summaries]
+        csv_rows += [
+            {"section": section, "factor": factor} | s | pairs.get(s["method"], {}) for s in summaries
+        ]
     parts += [f"- {note}" for note in notes]
     return "\n".join(parts).rstrip() + "\n", csv_rows
 
