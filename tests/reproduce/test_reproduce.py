@@ -272,6 +272,22 @@ def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.Mon
     topological_order(list(stages.values()))
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_precision_if_fast_is_resolved_on_the_planning_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """The quick profile's latent stages train in bf16-mixed only where bf16 is fast; the others keep the
+    precision of their config (no precision argument at all)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr("calid_lightning.precision.bf16_is_fast", lambda: fast)
+    stages = {s.name: s for s in plan(load_profile("experiments/reproduce/quick.yaml"), tmp_path, tmp_path)}
+    want = "--trainer.precision=bf16-mixed" if fast else "--trainer.precision=32-true"
+    for name in ("vae", "calid_spatial", "calid_inflated"):
+        assert [a for a in stages[name].argv if a.startswith("--trainer.precision")] == [want], name
+    for name in ("segmenter", "pixel_spatial"):
+        assert not [a for a in stages[name].argv if a.startswith("--trainer.precision")], name
+
+
 def test_cine_stages_without_a_trained_spatial_model_keep_one_stage() -> None:
     """A profile whose 2D+T model comes without a trained calid_spatial stage: one cine stage, needing only
     calid_inflated, given every method (evaluate-cine skips those it has no model file for)."""
@@ -311,6 +327,11 @@ def test_cine_stages_without_a_trained_spatial_model_keep_one_stage() -> None:
         (
             "name: q\ndata: data_modules/phantom.yaml\ntrain: {vae: {config: experiments/vae.yaml}}",
             "evaluate",
+        ),
+        (
+            "name: q\ndata: data_modules/phantom.yaml\nevaluate: {factors: [4]}\n"
+            "train: {vae: {config: experiments/vae.yaml, precision: bf16}}",
+            "train.vae.precision",
         ),
     ],
 )

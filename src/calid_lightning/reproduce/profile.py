@@ -7,13 +7,19 @@ it, naming the file and the field of anything wrong.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.connector import _PRECISION_INPUT_STR
 from omegaconf import OmegaConf
+
+from calid_lightning.precision import IF_FAST
 
 TRAIN_STAGES = ("vae", "segmenter", "calid_spatial", "calid_inflated", "pixel_spatial")
 """The models the table needs, in the order they are listed; ``needs`` orders them for running."""
+PRECISIONS = (*typing.get_args(_PRECISION_INPUT_STR), IF_FAST)
+"""What a stage's ``precision`` may be: Lightning's precision strings, or ``bf16-mixed-if-fast``."""
 
 
 class ProfileError(ValueError):
@@ -25,11 +31,13 @@ class ProfileError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-    """One training stage: its experiment config, the stages it needs and extra ``calid fit`` arguments."""
+    """One training stage: its experiment config, the stages it needs, extra ``calid fit`` arguments and the
+    trainer precision (None: the config's; ``bf16-mixed-if-fast``: resolved on the machine that plans)."""
 
     config: str
     needs: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
+    precision: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +65,20 @@ def _train_spec(path: Path, name: str, raw: Any) -> TrainSpec:
     field = f"train.{name}"
     if not isinstance(raw, dict) or not isinstance(raw.get("config"), str):
         raise ProfileError(path, field, "expected a mapping with `config: experiments/<model>.yaml`")
-    unknown = set(raw) - {"config", "needs", "args"}
+    unknown = set(raw) - {"config", "needs", "args", "precision"}
     if unknown:
-        raise ProfileError(path, field, f"unknown keys {sorted(unknown)}; expected config, needs, args")
+        raise ProfileError(
+            path, field, f"unknown keys {sorted(unknown)}; expected config, needs, args, precision"
+        )
     needs, args = raw.get("needs") or [], raw.get("args") or []
     if not all(isinstance(n, str) for n in needs) or not all(isinstance(a, str) for a in args):
         raise ProfileError(path, field, "`needs` and `args` must be lists of strings")
-    return TrainSpec(raw["config"], tuple(needs), tuple(args))
+    precision = raw.get("precision")
+    if precision is not None and precision not in PRECISIONS:
+        raise ProfileError(
+            path, f"{field}.precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
+    return TrainSpec(raw["config"], tuple(needs), tuple(args), precision)
 
 
 def load_profile(path: str | Path, data: str | None = None) -> Profile:

@@ -19,6 +19,7 @@ import yaml
 
 from calid_lightning.experiment_config import merge_configs
 from calid_lightning.inference.methods import METHODS
+from calid_lightning.precision import resolve_precision
 from calid_lightning.reproduce.profile import Profile
 
 STAGE_NEEDING_VAE = ("calid_spatial",)
@@ -164,6 +165,8 @@ def training_stages(profile: Profile, run_root: Path) -> list[Stage]:
         composed.write_text(yaml.safe_dump(merged, sort_keys=True))
         argv = ["fit", "-c", spec.config, "-c", profile.data]
         argv += [*(["-c", str(extra)] if extra and extra.is_file() else []), "-c", str(generated), *spec.args]
+        if spec.precision is not None:
+            argv.append(f"--trainer.precision={resolve_precision(spec.precision)}")
         stages.append(
             Stage(
                 name=name,
