@@ -231,8 +231,8 @@ def build_table(eval_dir: Path, title: str, notes: Sequence[str] = ()) -> tuple[
             pairs = {p["method"]: p for p in paired(rows, paired_columns)}
         if pairs:
             parts += [
-                f"Paired with {title_of(REFERENCE)} (same subjects and slices): mean over subjects of "
-                f"method - {REFERENCE}, and (subjects where the method is better / subjects).",
+                f"Paired with {title_of(REFERENCE)}: the mean over subjects of method - {REFERENCE} on the "
+                "same subject and slices, and (subjects where the method is better / subjects).",
                 "",
                 paired_markdown(list(pairs.values()), paired_columns),
                 "",
