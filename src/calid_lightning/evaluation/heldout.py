@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from calid_lightning.data.datasets import labelled_frames
+from calid_lightning.data.misregistration import MAX_SHIFT_MM, shift_in_plane
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import stable_int
 from calid_lightning.evaluation.metrics import METRICS, slice_heart_boxes, slice_metrics
@@ -118,28 +119,21 @@ def kept_spacing_mm(factor: int, spacing: Sequence[float]) -> float:
     return factor * float(spacing[2])
 
 
-MAX_SHIFT_MM = 6.0
-"""Breath-hold offsets are clipped here, as in the phantom generator (``breath_hold_shift_mm``)."""
-
-
 def shift_kept_slices(stack: Tensor, shift_mm: float, pixel_mm: Sequence[float], seed: int) -> Tensor:
     """The kept slices ``(Z, T, 1, H, W)`` each moved in plane by its own breath-hold offset.
 
     Offsets are drawn per slice and axis from N(0, ``shift_mm``) mm, clipped to +-:data:`MAX_SHIFT_MM`, and
     shared by the slice's frames (one breath-hold acquires one slice's whole cine); bilinear resampling,
-    edges repeated. ``seed`` fixes the draws, so every method sees the same misregistered input. This is how
-    held-out scoring measures robustness to misregistration: the truth stays where it is.
+    edges repeated (:func:`~calid_lightning.data.misregistration.shift_in_plane`). ``seed`` fixes the draws,
+    so every method sees the same misregistered input. This is how held-out scoring measures robustness to
+    misregistration: the truth stays where it is.
     """
     if shift_mm <= 0:
         return stack
-    from scipy.ndimage import shift as nd_shift
-
     rng = np.random.default_rng(seed)
     mm = np.clip(rng.normal(0.0, shift_mm, (stack.shape[0], 2)), -MAX_SHIFT_MM, MAX_SHIFT_MM)
-    px = mm / np.asarray(pixel_mm[:2], dtype=np.float64)
-    slices = zip(stack.numpy(), px, strict=True)
-    moved = [nd_shift(s, (0, 0, dh, dw), order=1, mode="nearest") for s, (dh, dw) in slices]
-    return torch.from_numpy(np.stack(moved))
+    px = torch.from_numpy(mm / np.asarray(pixel_mm[:2], dtype=np.float64))
+    return shift_in_plane(stack, px).to(stack.dtype)
 
 
 def with_sampling(upsampler: Upsampler, steps: int | None, seed: int) -> Upsampler:

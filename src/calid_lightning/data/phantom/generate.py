@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from calid_lightning.data.misregistration import MAX_SHIFT_MM
 from calid_lightning.data.phantom.acquisition import (
     acquire_planes,
     lowpass_matrix,
@@ -292,7 +293,7 @@ def generate_subject(seed: int, config: PhantomConfig | None = None) -> PhantomS
     bias_amp = float(rng.uniform(*config.bias))
     rr_ms = float(rng.uniform(700, 1100))
     height_cm, weight_kg = round(float(rng.uniform(150, 195))), round(float(rng.uniform(50, 110)))
-    shifts = np.clip(rng.normal(0, config.breath_hold_shift_mm, (2, n_sparse)), -6, 6)
+    shifts = np.clip(rng.normal(0, config.breath_hold_shift_mm, (2, n_sparse)), -MAX_SHIFT_MM, MAX_SHIFT_MM)
     dense_affine, sparse_affine = _affines(rng, (dx, dx, dz), k, offset)
     noise_rng = np.random.default_rng(rng.integers(2**62))
     bias_rng = np.random.default_rng(rng.integers(2**62))
