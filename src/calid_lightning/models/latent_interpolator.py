@@ -411,8 +411,10 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
     @torch.no_grad()
     def fit_residual_scale(self, datamodule: Any, examples: int = 512, seed: int = 0) -> None:
         """``residual_scale`` = 1 / std of ``z - lerp`` over ``examples`` fixed-seed training examples of
-        ``datamodule`` (a CardiacDataModule: ``subjects``, ``prepared_subject``, ``train_factors``)."""
+        ``datamodule`` (a CardiacDataModule: ``subjects``, ``prepared_subject``, ``train_factors``), with the
+        neighbours misregistered as in training when ``condition_shift_mm`` > 0 (2D items)."""
         rng = np.random.default_rng(seed)
+        generator = torch.Generator().manual_seed(seed)
         subjects = datamodule.subjects("train")
         residuals = []
         for _ in range(examples):
@@ -422,8 +424,17 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
                 prepared.subject_id, prepared.num_slices, datamodule.train_factors, frames, rng
             )
             images = torch.from_numpy(prepared.image[[ex.below, ex.above, ex.target], ex.frame].copy())
-            below, above, target = self.encode_slices(images[:, None].to(self.device))
-            lerped = lerp(below[None], above[None], torch.tensor([ex.r], device=self.device))
+            images = images[:, None].to(self.device)
+            below, above, target = self.encode_slices(images)
+            below, above = below[None], above[None]
+            if self.condition_shift_mm > 0:
+                batch = {
+                    "below": images[:1],
+                    "above": images[1:2],
+                    "pixel_mm": torch.tensor([prepared.spacing[:2]]),
+                }
+                below, above = self._misregistered(batch, below, above, generator)
+            lerped = lerp(below, above, torch.tensor([ex.r], device=self.device))
             residuals.append(target - lerped[0])
         std = torch.stack(residuals).float().std()
         self.residual_scale.fill_(1.0 / float(std.clamp_min(1e-6)))
