@@ -14,7 +14,6 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
-from calid_lightning.data.misregistration import shift_in_plane
 from calid_lightning.data.subject import DataError
 from calid_lightning.inference.upsample import factor_positions, upsample_stack
 from calid_lightning.models.calid_inflated import CaLIDInflated
@@ -385,23 +384,3 @@ def test_a_gap_conditioned_spatial_model_inflates_with_its_gap_channel(tmp_path:
     )
     with pytest.raises(ValueError, match="pass gap_mm"):
         model.interpolate(below, above, r, num_steps=2)
-
-
-def test_condition_shift_moves_every_frame_of_a_neighbour_cine_alike(spatial_checkpoint: Path) -> None:
-    """One breath-hold per slice: a moved neighbour cine is its frames moved by one offset, then encoded."""
-    model = inflated(spatial_checkpoint, condition_shift_mm=3.0, condition_shift_prob=1.0)
-    assert model.condition_shift_mm == 3.0
-    items = cine_examples(n=2)
-    batch = {k: torch.stack([item[k] for item in items]) for k in ("below", "above", "target", "r", "frames")}
-    batch["pixel_mm"] = torch.tensor([[1.0, 1.0], [2.0, 1.5]])
-    below, above = model.encode(batch["below"]), model.encode(batch["above"])
-    moved_below, moved_above = model._misregistered(batch, below, above, torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(0)
-    torch.rand(2, generator=g)
-    offsets = (torch.randn(4, 2, generator=g) * 3.0).clamp(-6, 6) / batch["pixel_mm"].repeat(2, 1)
-    images = shift_in_plane(torch.cat([batch["below"], batch["above"]]), offsets)
-    frame = images[0, :, 3]  # frame 3 of the first moved cine = frame 3 moved on its own
-    torch.testing.assert_close(frame, shift_in_plane(batch["below"][:1, :, 3], offsets[:1])[0])
-    want_below, want_above = model.encode(images).chunk(2)
-    torch.testing.assert_close(moved_below, want_below)
-    torch.testing.assert_close(moved_above, want_above)

@@ -15,7 +15,6 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.cli import LightningCLI
 from torch.utils.data import DataLoader
 
-from calid_lightning.data.misregistration import shift_in_plane
 from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.conditioning import ConditionalDenoiser, condition_input
 from calid_lightning.models.diffusion import ddim_sample, make_schedulers, randn_like_from, training_target
@@ -409,65 +408,3 @@ def test_min_snr_weighting_changes_the_loss_and_bad_weightings_are_refused(vae_c
     assert losses[0] != pytest.approx(losses[1])
     with pytest.raises(ValueError, match="loss_weighting must be one of"):
         make_model(vae_checkpoint, loss_weighting="p2")
-
-
-def _neighbours_seen(
-    model: CaLIDSpatial, batch: dict[str, torch.Tensor], seed: int
-) -> dict[str, torch.Tensor]:
-    """The below / above latents the denoiser is given in one loss computation."""
-    seen: dict[str, torch.Tensor] = {}
-    predict = model._predict
-
-    def record(denoiser, noisy, t, below, above, r, gap):
-        seen.update(below=below, above=above)
-        return predict(denoiser, noisy, t, below, above, r, gap)
-
-    model._predict = record
-    model._diffusion_loss(batch, torch.Generator().manual_seed(seed))
-    del model._predict
-    return seen
-
-
-def test_condition_shift_moves_the_chosen_items_neighbours_in_training_only(vae_checkpoint: Path) -> None:
-    """Each chosen item's neighbours are encoded from images moved by the generator's clipped offsets in mm
-    over its own pixel spacing (replayed here); the rest keep their latents; validation never moves."""
-    batch = next(iter(loader()))
-    batch = {**batch, "pixel_mm": torch.tensor([[1.5, 2.0]]).repeat(8, 1)}
-    plain_below, plain_above = (
-        make_model(vae_checkpoint).encode(torch.cat([batch["below"], batch["above"]])).chunk(2)
-    )
-    for prob in (1.0, 0.5):
-        model = make_model(vae_checkpoint, condition_shift_mm=2.0, condition_shift_prob=prob)
-        model.train()
-        seen = _neighbours_seen(model, batch, seed=3)
-        g = torch.Generator().manual_seed(3)
-        chosen = (torch.rand(8, generator=g) < prob).nonzero()[:, 0]
-        assert 0 < len(chosen) <= 8 and (prob < 1 or len(chosen) == 8)
-        offsets = (torch.randn(2 * len(chosen), 2, generator=g) * 2.0).clamp(-6, 6) / torch.tensor([1.5, 2.0])
-        images = torch.cat([batch["below"][chosen], batch["above"][chosen]])
-        moved_below, moved_above = model.encode(shift_in_plane(images, offsets)).chunk(2)
-        want_below, want_above = plain_below.clone(), plain_above.clone()
-        want_below[chosen], want_above[chosen] = moved_below, moved_above
-        torch.testing.assert_close(seen["below"], want_below)
-        torch.testing.assert_close(seen["above"], want_above)
-        assert (seen["below"][chosen] - plain_below[chosen]).abs().max() > 1e-3  # they did move
-        model.eval()
-        seen = _neighbours_seen(model, batch, seed=3)
-        torch.testing.assert_close(seen["below"], plain_below)
-    model.train()
-    with pytest.raises(KeyError, match="pixel_mm"):
-        model._diffusion_loss({k: v for k, v in batch.items() if k != "pixel_mm"}, torch.Generator())
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"condition_shift_mm": -1.0}, "condition_shift_mm must be >= 0"),
-        ({"condition_shift_mm": float("nan")}, "condition_shift_mm must be >= 0"),
-        ({"condition_shift_prob": 0.0}, r"condition_shift_prob must be in \(0, 1\]"),
-        ({"condition_shift_prob": 1.5}, r"condition_shift_prob must be in \(0, 1\]"),
-    ],
-)
-def test_bad_condition_shift_is_refused(vae_checkpoint: Path, kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        make_model(vae_checkpoint, **kwargs)

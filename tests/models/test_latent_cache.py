@@ -151,44 +151,6 @@ def test_residual_scale_is_one_over_the_residual_std(model: CaLIDSpatial) -> Non
     model.residual_scale.fill_(0.0)
 
 
-def test_residual_scale_of_a_misregistration_trained_model_sees_moved_neighbours(
-    model: CaLIDSpatial, monkeypatch
-) -> None:
-    """With condition_shift_mm the scale normalises the residual the model trains on (moved neighbours)."""
-    from calid_lightning.data.misregistration import shift_in_plane
-    from calid_lightning.data.sampling import sample_train_example
-
-    subjects = {"a": prepared("a", 1)}
-    datamodule = SimpleNamespace(
-        subjects=lambda split: ["a"],
-        prepared_subject=subjects.__getitem__,
-        train_factors=[2],
-        hparams=SimpleNamespace(frames="all"),
-    )
-    model.fit_residual_scale(datamodule, examples=16)
-    in_register = float(model.residual_scale)
-    monkeypatch.setattr(model, "condition_shift_mm", 4.0)
-    monkeypatch.setattr(model, "condition_shift_prob", 1.0)
-    model.fit_residual_scale(datamodule, examples=16)
-    rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
-    residuals = []
-    for _ in range(16):
-        rng.integers(1)
-        ex = sample_train_example("a", 6, [2], list(range(3)), rng)
-        images = torch.from_numpy(subjects["a"].image[[ex.below, ex.above, ex.target], ex.frame].copy())[
-            :, None
-        ]
-        torch.rand(1, generator=generator)  # every item is chosen at prob 1
-        offsets = (torch.randn(2, 2, generator=generator) * 4.0).clamp(-6, 6)  # 1 mm pixels
-        below, above = model.encode(shift_in_plane(images[:2], offsets))
-        residuals.append(
-            model.encode(images[2:])[0] - lerp(below[None], above[None], torch.tensor([ex.r]))[0]
-        )
-    assert float(model.residual_scale) == pytest.approx(1 / float(torch.stack(residuals).std()), rel=1e-5)
-    assert float(model.residual_scale) != pytest.approx(in_register, rel=1e-3)
-    model.residual_scale.fill_(0.0)
-
-
 def test_cine_batches_read_the_cache_and_equal_encoding(tmp_path: Path) -> None:
     """A 2D+T model's cine items (``frame_indices`` (B, T), wrap padding included) read the same cache."""
     from calid_lightning.models.calid_inflated import CaLIDInflated

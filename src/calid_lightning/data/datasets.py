@@ -10,8 +10,7 @@ Tasks and their items (intensities float32 in [0, 1]):
   convention, at labelled frames only (see :func:`labelled_frames`).
 
 Every item also carries ``subject_id``, ``z`` (target slice) and ``frame``; spatial and cine items carry
-``k`` (the gap in slices), ``gap_mm`` (the same gap in mm: ``k`` x the stack's slice spacing), ``pixel_mm``
-(the in-plane spacing ``(2,)``, for breath-hold shifts in mm) and
+``k`` (the gap in slices), ``gap_mm`` (the same gap in mm: ``k`` x the stack's slice spacing) and
 ``z_below`` / ``z_above`` (the neighbour slices), so a model can look their
 latents up in a cache instead of encoding the images. Map-style, so Lightning's DistributedSampler shards
 them under DDP.
@@ -179,7 +178,6 @@ class ExampleBuilder:
             r=torch.tensor(example.r, dtype=torch.float32),
             k=example.k,
             gap_mm=torch.tensor(example.k * prepared.spacing[2], dtype=torch.float32),
-            pixel_mm=torch.tensor(prepared.spacing[:2], dtype=torch.float32),
             z_below=example.below,
             z_above=example.above,
         )

@@ -32,7 +32,6 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from calid_lightning.data.datasets import task_frames
-from calid_lightning.data.misregistration import MAX_SHIFT_MM, shift_in_plane
 from calid_lightning.data.sampling import sample_train_example
 from calid_lightning.models.checkpoints import NamedCheckpoint, load_model
 from calid_lightning.models.conditioning import ConditionalDenoiser, lerp, per_item
@@ -132,12 +131,6 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
             instead of the latent itself: the model starts at lerp and only learns the correction.
             ``residual_scale`` (1 / std of the residual over training examples) is computed at the start
             of the first fit and kept in the checkpoint.
-        condition_shift_mm, condition_shift_prob: train for breath-hold misregistration: with probability
-            ``condition_shift_prob`` per item, both neighbour images are moved in plane by their own offsets,
-            N(0, ``condition_shift_mm``) mm per axis clipped at 6 mm (items carry ``pixel_mm``), and encoded
-            again, while the target stays in place: the model learns the slice between misregistered
-            acquisitions, as ``calid evaluate --input-shift-mm`` scores it (0 = off; validation is never
-            shifted).
         vae_hparams: set automatically to the VAE's hyperparameters, saved in the checkpoint; leave unset.
     """
 
@@ -182,8 +175,6 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         val_seed: int = 0,
         latent_cache: bool = False,
         residual: bool = False,
-        condition_shift_mm: float = 0.0,
-        condition_shift_prob: float = 0.5,
         vae_hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -191,10 +182,6 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         check_loss_weighting(loss_weighting, min_snr_gamma)
         if not gap_unit_mm > 0:
             raise ValueError(f"gap_unit_mm must be > 0, got {gap_unit_mm}")
-        if not condition_shift_mm >= 0:
-            raise ValueError(f"condition_shift_mm must be >= 0, got {condition_shift_mm}")
-        if not 0 < condition_shift_prob <= 1:
-            raise ValueError(f"condition_shift_prob must be in (0, 1], got {condition_shift_prob}")
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.latent_channels, downsample_factor = self._build_codec(vae_checkpoint, vae_hparams)
         self.denoiser = ConditionalDenoiser(
@@ -225,7 +212,6 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         # Flags from the constructor, not hparams: a subclass that re-lists the arguments saves only its own.
         self.use_latent_cache, self.residual = latent_cache, residual
         self.lr_decay, self.loss_weighting, self.min_snr_gamma = lr_decay, loss_weighting, min_snr_gamma
-        self.condition_shift_mm, self.condition_shift_prob = condition_shift_mm, condition_shift_prob
         self._latent_cache: LatentCache | None = None
         self.register_buffer("residual_scale", torch.zeros(()))
 
@@ -411,10 +397,8 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
     @torch.no_grad()
     def fit_residual_scale(self, datamodule: Any, examples: int = 512, seed: int = 0) -> None:
         """``residual_scale`` = 1 / std of ``z - lerp`` over ``examples`` fixed-seed training examples of
-        ``datamodule`` (a CardiacDataModule: ``subjects``, ``prepared_subject``, ``train_factors``), with the
-        neighbours misregistered as in training when ``condition_shift_mm`` > 0 (2D items)."""
+        ``datamodule`` (a CardiacDataModule: ``subjects``, ``prepared_subject``, ``train_factors``)."""
         rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(seed)
         subjects = datamodule.subjects("train")
         residuals = []
         for _ in range(examples):
@@ -424,46 +408,16 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
                 prepared.subject_id, prepared.num_slices, datamodule.train_factors, frames, rng
             )
             images = torch.from_numpy(prepared.image[[ex.below, ex.above, ex.target], ex.frame].copy())
-            images = images[:, None].to(self.device)
-            below, above, target = self.encode_slices(images)
-            below, above = below[None], above[None]
-            if self.condition_shift_mm > 0:
-                batch = {
-                    "below": images[:1],
-                    "above": images[1:2],
-                    "pixel_mm": torch.tensor([prepared.spacing[:2]]),
-                }
-                below, above = self._misregistered(batch, below, above, generator)
-            lerped = lerp(below, above, torch.tensor([ex.r], device=self.device))
+            below, above, target = self.encode_slices(images[:, None].to(self.device))
+            lerped = lerp(below[None], above[None], torch.tensor([ex.r], device=self.device))
             residuals.append(target - lerped[0])
         std = torch.stack(residuals).float().std()
         self.residual_scale.fill_(1.0 / float(std.clamp_min(1e-6)))
-
-    def _misregistered(
-        self, batch: dict[str, Tensor], below: Tensor, above: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        """``below`` / ``above`` latents with the chosen items' neighbours moved and encoded again
-        (``condition_shift_mm``); the draws come from ``generator`` (resumes draw the same)."""
-        chosen = (torch.rand(below.shape[0], generator=generator) < self.condition_shift_prob).nonzero()[:, 0]
-        if chosen.numel() == 0:
-            return below, above
-        if "pixel_mm" not in batch:
-            raise KeyError(f"{type(self).__name__}(condition_shift_mm > 0) needs items with pixel_mm")
-        mm = torch.randn(2 * len(chosen), 2, generator=generator) * self.condition_shift_mm
-        pixel_mm = batch["pixel_mm"][chosen].float().cpu().repeat(2, 1)
-        offsets = mm.clamp(-MAX_SHIFT_MM, MAX_SHIFT_MM) / pixel_mm
-        images = torch.cat([batch["below"][chosen], batch["above"][chosen]]).float()
-        moved_below, moved_above = self.encode(shift_in_plane(images, offsets)).chunk(2)
-        index = chosen.to(below.device)
-        return below.index_copy(0, index, moved_below), above.index_copy(0, index, moved_above)
 
     def _diffusion_loss(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
         below, above, target, r = latents = self._encode_batch(batch)
-        if self.training and self.condition_shift_mm > 0:
-            below, above = self._misregistered(batch, below, above, generator)
-            latents = (below, above, target, r)
         clean = self.to_diffused(target, below, above, r)
         t = sample_timesteps(clean.shape[0], self.ddpm.num_train_timesteps, clean.device, generator)
         noise = randn_like_from(clean, generator)
