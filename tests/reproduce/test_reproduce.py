@@ -267,7 +267,7 @@ def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.Mon
         last_checkpoint(tmp_path / "runs" / "vae")
     )
     argv = stages["calid_spatial"].argv
-    assert argv[:3] == ("fit", "-c", "experiments/calid_spatial.yaml") and "--trainer.max_steps=1500" in argv
+    assert argv[:3] == ("fit", "-c", "experiments/calid_spatial.yaml") and "--trainer.max_steps=1050" in argv
     assert stages["eval_spatial_x4"].outputs == (tmp_path / "results" / "eval" / "spatial_x4.csv",)
     topological_order(list(stages.values()))
 
