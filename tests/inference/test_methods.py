@@ -78,7 +78,10 @@ def test_each_tool_offers_its_methods_in_table_order() -> None:
 def test_the_table_and_figures_read_the_registry() -> None:
     assert tuple(METHODS) == METHOD_ORDER and CEILINGS == ("truth", "vae_truth")
     assert title_of("calid_mean") == "CaLID, conditional mean" and label_of("calid_mean") == "CaLID mean"
-    assert title_of("calid, 5 DDIM steps") == "calid, 5 DDIM steps" and label_of("other") == "other"
+    assert (
+        title_of("calid, 5 DDIM steps") == "CaLID, one sample, 5 DDIM steps" and label_of("other") == "other"
+    )
+    assert title_of("other, a variant") == "other, a variant"
     assert all(m.cine == (m.name in CINE) for m in METHODS.values())
     assert {m.needs for m in METHODS.values()} == {None, *MODEL_FILES}
 

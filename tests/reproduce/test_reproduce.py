@@ -237,7 +237,15 @@ def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.chdir(REPO)
     profile = load_profile("experiments/reproduce/quick.yaml")
     stages = {s.name: s for s in plan(profile, tmp_path / "runs", tmp_path / "results")}
-    assert {"data", "vae", "segmenter", "calid_spatial", "calid_inflated", "pixel_spatial"} <= set(stages)
+    assert {
+        "data",
+        "vae",
+        "segmenter",
+        "calid_spatial",
+        "calid_concat",
+        "calid_inflated",
+        "pixel_spatial",
+    } <= set(stages)
     assert {"eval_spatial_x2", "eval_spatial_x4", "eval_pixel_x4", "eval_cine_x4", "figures_x4"} <= set(
         stages
     )
@@ -269,6 +277,21 @@ def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.Mon
     argv = stages["calid_spatial"].argv
     assert argv[:3] == ("fit", "-c", "experiments/calid_spatial.yaml") and "--trainer.max_steps=1050" in argv
     assert stages["eval_spatial_x4"].outputs == (tmp_path / "results" / "eval" / "spatial_x4.csv",)
+    # The injection ablation: calid_spatial's config and budget without tau_theta2, on the same VAE.
+    assert set(stages["calid_concat"].needs) == {"data", "vae"}
+    argv = stages["calid_concat"].argv
+    assert argv[:3] == ("fit", "-c", "experiments/calid_spatial.yaml")
+    assert {"--trainer.max_steps=1050", "--model.init_args.injection=false"} <= set(argv)
+    generated = yaml.safe_load((tmp_path / "runs" / "configs" / "calid_concat.yaml").read_text())
+    assert generated["model"]["init_args"]["vae_checkpoint"] == str(
+        last_checkpoint(tmp_path / "runs" / "vae")
+    )
+    assert generated["trainer"]["default_root_dir"] == str(tmp_path / "runs" / "calid_concat")
+    assert set(stages["eval_concat_x4"].needs) == {"calid_concat", "segmenter"}
+    argv = stages["eval_concat_x4"].argv
+    assert argv[argv.index("--checkpoint") + 1] == str(last_checkpoint(tmp_path / "runs" / "calid_concat"))
+    assert argv[argv.index("--methods") + 1] == "calid_mean,calid"
+    assert stages["eval_concat_x4"].outputs == (tmp_path / "results" / "eval" / "concat_x4.csv",)
     topological_order(list(stages.values()))
 
 
@@ -282,7 +305,7 @@ def test_precision_if_fast_is_resolved_on_the_planning_machine(
     monkeypatch.setattr("calid_lightning.precision.bf16_is_fast", lambda: fast)
     stages = {s.name: s for s in plan(load_profile("experiments/reproduce/quick.yaml"), tmp_path, tmp_path)}
     want = "--trainer.precision=bf16-mixed" if fast else "--trainer.precision=32-true"
-    for name in ("vae", "calid_spatial", "calid_inflated"):
+    for name in ("vae", "calid_spatial", "calid_concat", "calid_inflated"):
         assert [a for a in stages[name].argv if a.startswith("--trainer.precision")] == [want], name
     for name in ("segmenter", "pixel_spatial"):
         assert not [a for a in stages[name].argv if a.startswith("--trainer.precision")], name
@@ -422,9 +445,40 @@ def test_table_pairs_each_method_with_linear_on_the_same_subjects(tmp_path: Path
     assert "psnr_vs_linear" not in pixel_row, "pixel is scored on other frames: never paired"
     assert "psnr_vs_linear" not in next(r for r in csv_rows if r["method"] == "truth")
     paired_part = text[text.index("Paired with linear in z") :]
-    calid_line = next(line for line in paired_part.splitlines() if line.startswith("| CaLID, one sample"))
+    calid_line = next(line for line in paired_part.splitlines() if line.startswith("| CaLID, one sample |"))
     assert "+0.50 (2/3)" in calid_line and "-0.010 (0/3)" in calid_line and "+0.0 (1/3)" in calid_line
     assert "pixel" not in paired_part.lower()
+
+
+def test_table_puts_the_injection_ablation_beside_the_full_model(tmp_path: Path) -> None:
+    """concat_x4 (CaLID without tau_theta2) scores the spatial file's slices: its rows join that section
+    right after the method they vary, titled with the variant, and pair with linear; the DDIM-steps rows
+    get their method's title too."""
+    spatial, concat, steps = [], [], []
+    for s, lin in enumerate([18.0, 22.0, 26.0]):
+        common = {"subject": f"p{s}", "factor": 4, "seconds_per_volume": 1}
+        spatial += [
+            common | {"method": m, "psnr": lin + d} for m, d in (("linear", 0), ("calid", 1), ("lerp", -1))
+        ]
+        concat.append(common | {"method": "calid", "psnr": lin + (0.5 if s else -0.5)})
+        steps.append(common | {"method": "calid", "psnr": lin})
+    write_subjects(tmp_path / "eval" / "spatial_x4_subjects.csv", spatial)
+    write_subjects(tmp_path / "eval" / "concat_x4_subjects.csv", concat)
+    write_subjects(tmp_path / "eval" / "steps5_x4_subjects.csv", steps)
+
+    text, csv_rows = build_table(tmp_path / "eval", "t")
+    row = next(r for r in csv_rows if r["method"] == "calid, input concatenation only")
+    assert row["section"] == "slices" and row["psnr"] == pytest.approx(22.0 + 0.5 / 3)
+    assert row["psnr_vs_linear"] == pytest.approx(0.5 / 3) and row["psnr_better"] == 2
+    slices = text[: text.index("Paired with")].splitlines()
+    titles = [line.split(" | ")[0] for line in slices if line.startswith("| ") and "---" not in line][1:]
+    assert titles == [
+        "| CaLID, one sample",
+        "| CaLID, one sample, input concatenation only",
+        "| latent lerp (same VAE)",
+        "| linear in z (image)",
+    ]
+    assert "| CaLID, one sample, 5 DDIM steps |" in text
 
 
 def test_dry_run_lists_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -447,6 +501,10 @@ def test_paper_profile_adds_its_overrides_and_evaluates_at_its_crop(
     stages = {s.name: s for s in plan(profile, tmp_path / "runs", tmp_path / "results")}
     vae = stages["vae"].argv
     assert vae[vae.index("data_modules/acdc.yaml") + 2] == "experiments/profiles/paper/vae.yaml"
+    concat = stages["calid_concat"].argv  # the ablation takes the override of the config it trains
+    assert (
+        concat[concat.index("data_modules/acdc.yaml") + 2] == "experiments/profiles/paper/calid_spatial.yaml"
+    )
     for name in ("eval_spatial_x4", "eval_cine_x4", "figures_x4"):
         argv = stages[name].argv
         assert argv[argv.index("--data-override") + 1] == "crop_size=128", name

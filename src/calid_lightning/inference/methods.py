@@ -394,8 +394,12 @@ def label_of(name: str) -> str:
 
 
 def title_of(name: str) -> str:
-    """The results-table title of method ``name`` (the name itself for one outside the registry)."""
-    return METHODS[name].title if name in METHODS else name
+    """The results-table title of method ``name``: ``"calid, 5 DDIM steps"`` (an ablation's variant of a
+    method) is the title of ``calid`` and what follows its first comma; other names are their own title."""
+    method, comma, variant = name.partition(", ")
+    if method not in METHODS:
+        return name
+    return f"{METHODS[method].title}{comma}{variant}"
 
 
 def build_method(name: str, models: MethodModels | None = None) -> Any:

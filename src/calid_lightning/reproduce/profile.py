@@ -16,8 +16,10 @@ from omegaconf import OmegaConf
 
 from calid_lightning.precision import IF_FAST
 
-TRAIN_STAGES = ("vae", "segmenter", "calid_spatial", "calid_inflated", "pixel_spatial")
-"""The models the table needs, in the order they are listed; ``needs`` orders them for running."""
+TRAIN_STAGES = ("vae", "segmenter", "calid_spatial", "calid_concat", "calid_inflated", "pixel_spatial")
+"""The models the table needs, in the order they are listed; ``needs`` orders them for running.
+``calid_concat`` is the injection ablation: the spatial CaLID config without tau_theta2 (input concatenation
+only), trained like ``calid_spatial``."""
 PRECISIONS = (*typing.get_args(_PRECISION_INPUT_STR), IF_FAST)
 """What a stage's ``precision`` may be: Lightning's precision strings, or ``bf16-mixed-if-fast``."""
 

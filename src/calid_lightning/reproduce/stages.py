@@ -22,7 +22,7 @@ from calid_lightning.inference.methods import METHODS
 from calid_lightning.precision import resolve_precision
 from calid_lightning.reproduce.profile import Profile
 
-STAGE_NEEDING_VAE = ("calid_spatial",)
+STAGE_NEEDING_VAE = ("calid_spatial", "calid_concat")
 COMPOSED_SUFFIX = ".composed.yaml"
 """``configs/<stage>.composed.yaml``: a training stage's experiment and profile configs composed and merged
 (:func:`~calid_lightning.experiment_config.merge_configs`), the input its cache key hashes: a comment, a
@@ -147,7 +147,8 @@ def training_stages(profile: Profile, run_root: Path) -> list[Stage]:
     stages = []
     for name, spec in profile.train.items():
         run_dir = run_root / name
-        extra = Path(profile.profile_dir) / f"{name}.yaml" if profile.profile_dir else None
+        # The profile's override of the stage's experiment config (calid_concat takes calid_spatial's).
+        extra = Path(profile.profile_dir) / Path(spec.config).name if profile.profile_dir else None
         configs = [Path(spec.config), *([extra] if extra and extra.is_file() else [])]
         merged = merge_configs(configs)
         needs = tuple(spec.needs)
@@ -230,6 +231,13 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
             models = ["--checkpoint", ckpt["calid_spatial"], "--steps", str(count)]
             name = f"eval_steps{count}_x{factor}"
             stages.append(evaluate(name, models, factor, "calid", frames, ("calid_spatial",)))
+    concat = ev.get("injection_ablation") or {}
+    if concat and "calid_concat" in trained:
+        factor = int(concat.get("factor", 4))
+        models = ["--checkpoint", ckpt["calid_concat"], *seg, *steps]
+        methods = ",".join(concat.get("methods", ["calid_mean", "calid"]))
+        needs = ("calid_concat", *seg_needs)
+        stages.append(evaluate(f"eval_concat_x{factor}", models, factor, methods, frames, needs))
     pixel = ev.get("pixel") or {}
     if pixel and "pixel_spatial" in trained:
         for factor in pixel.get("factors", ev["factors"]):

@@ -1,7 +1,8 @@
 """The results table: per-subject evaluation CSVs reduced to mean +- std per method, as Markdown and CSV.
 
-Reads the ``*_subjects.csv`` files that ``calid evaluate`` (``spatial_x<k>``, ``pixel_x<k>``) and
-``calid evaluate-cine`` (``cine_x<k>`` and ``cine_inflated_x<k>``, one section) write. Every metric is the
+Reads the ``*_subjects.csv`` files that ``calid evaluate`` (``spatial_x<k>``, ``pixel_x<k>``, the injection
+ablation's ``concat_x<k>``, the DDIM-steps ablation's ``steps<n>_x<k>``) and ``calid evaluate-cine``
+(``cine_x<k>`` and ``cine_inflated_x<k>``, one section) write. Every metric is the
 mean +- sample std over test subjects of the subject means; seconds per volume is the median over subjects.
 The best method per column (the ``truth`` ceilings excluded) is in bold. Columns a CSV lacks (no segmenter
 given) show ``-``.
@@ -72,7 +73,9 @@ PAIRED_FIELDS = {
     "cine": ("psnr", "ssim", "ssim_heart", "temporal_error"),
 }
 """The columns of each section's paired table."""
-FILE_PATTERN = re.compile(r"^(spatial|pixel|cine|cine_inflated|steps(\d+))_x(\d+)_subjects\.csv$")
+FILE_PATTERN = re.compile(r"^(spatial|pixel|concat|cine|cine_inflated|steps(\d+))_x(\d+)_subjects\.csv$")
+CONCAT = "input concatenation only"
+"""The variant of the injection ablation's rows (``concat_x<k>``: CaLID trained without tau_theta2)."""
 
 
 def _float(value: str | None) -> float:
@@ -90,15 +93,17 @@ def read_subject_rows(eval_dir: Path) -> dict[tuple[str, int], list[dict[str, st
         if not match:
             continue
         kind, steps, factor = match.group(1), match.group(2), int(match.group(3))
-        section = {"cine": "cine", "cine_inflated": "cine", "spatial": "slices", "pixel": "slices"}.get(
-            kind, "steps"
-        )
+        sections = {"cine": "cine", "cine_inflated": "cine", "spatial": "slices", "pixel": "slices"}
+        section = sections.get(kind, "slices" if kind == "concat" else "steps")
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         if steps:  # the DDIM-steps ablation: one CaLID row per step count
             rows = [r | {"method": f"calid, {steps} DDIM steps"} for r in rows]
-        # Rows pair only with rows scored on the same slices: the pixel file scores other frames.
-        pairing = "cine" if section == "cine" else kind
+        if kind == "concat":  # the injection ablation: its methods' rows beside the full model's
+            rows = [r | {"method": f"{r['method']}, {CONCAT}"} for r in rows]
+        # Rows pair only with rows scored on the same slices: the pixel file scores other frames; the
+        # ablation's file scores the spatial file's slices.
+        pairing = {"cine_inflated": "cine", "concat": "spatial"}.get(kind, kind)
         rows = [r | {"pairing": pairing} for r in rows]
         groups.setdefault((section, factor), []).extend(rows)
     return groups
@@ -171,8 +176,10 @@ def paired_markdown(
 
 
 def _rank(method: str) -> tuple[int, int, str]:
+    """Registry order; an ablation's variant (``"calid_mean, <variant>"``) right after its method."""
     steps = re.search(r"(\d+) DDIM steps", method)
-    position = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    base = method.partition(", ")[0]
+    position = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
     return (position, int(steps.group(1)) if steps else 0, method)
 
 
