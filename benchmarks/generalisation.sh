@@ -2,7 +2,8 @@
 # Score the table's models on phantom settings they were not trained on (new subjects in every setting).
 #   bash benchmarks/generalisation.sh [RUNS] [OUT]   (RUNS: the table's run folder; two settings at a time)
 # Each setting generates 8 fresh subjects (seed 1000) under OUT/data/SETTING and scores the held-out slices at x4
-# of the subjects the split leaves for test; "id" is the training distribution on the same new seeds.
+# of the subjects the split leaves for test at the table's 5 DDIM steps (docs/ablations.md section 8 used 10); "id" is
+# the training distribution on the same new seeds.
 # breath_hold misregisters the kept slices of the id subjects (`calid evaluate --input-shift-mm 2`: each slice moved
 # in plane by N(0, 2 mm) per axis, as the phantom's breath-hold option moves its sparse file) against unmoved truth.
 set -euo pipefail
@@ -31,7 +32,7 @@ score() {
     --data-override "root=$root" --data-override phantom.seed=1000 --data-override phantom.subjects=8 \
     --data-override 'split=[0.0,0.0,1.0]' --data-override "cache_dir=$cache" "${extra[@]}" \
     --checkpoint "$RUNS/calid_spatial/checkpoints/last.ckpt" --segmenter "$RUNS/segmenter/checkpoints/last.ckpt" \
-    --methods calid_mean_detail,calid_mean,calid,lerp,linear,vae_truth,truth --factor 4 --steps 10 \
+    --methods calid_mean_detail,calid_mean,calid,lerp,linear,vae_truth,truth --factor 4 --steps 5 \
     --out "$OUT/$name.csv" > "$OUT/$name.log" 2>&1
   echo "done $name"
 }
