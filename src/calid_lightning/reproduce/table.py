@@ -93,8 +93,14 @@ def read_subject_rows(eval_dir: Path) -> dict[tuple[str, int], list[dict[str, st
         if not match:
             continue
         kind, steps, factor = match.group(1), match.group(2), int(match.group(3))
-        sections = {"cine": "cine", "cine_inflated": "cine", "spatial": "slices", "pixel": "slices"}
-        section = sections.get(kind, "slices" if kind == "concat" else "steps")
+        sections = {
+            "cine": "cine",
+            "cine_inflated": "cine",
+            "spatial": "slices",
+            "pixel": "slices",
+            "concat": "slices",
+        }
+        section = sections.get(kind, "steps")
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         if steps:  # the DDIM-steps ablation: one CaLID row per step count
