@@ -1,4 +1,4 @@
-"""misregistration.py: the in-plane shift that evaluation and training share."""
+"""misregistration.py: the in-plane shift that the phantom and evaluation share."""
 
 from __future__ import annotations
 

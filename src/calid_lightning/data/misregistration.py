@@ -1,10 +1,9 @@
 """Breath-hold misregistration: a slice moved in plane by its own offset.
 
 A cine SAX stack is acquired one breath-hold per slice, and the heart sits a few mm elsewhere in each. The
-phantom generator moves its acquired slices this way, held-out evaluation moves the kept slices
-(``calid evaluate --input-shift-mm``) and the interpolators can train with moved neighbours
-(``condition_shift_mm``): offsets N(0, sigma) mm per axis, clipped at :data:`MAX_SHIFT_MM`, applied by
-:func:`shift_in_plane`.
+phantom generator moves its acquired slices this way and held-out evaluation moves the kept slices
+(``calid evaluate --input-shift-mm``): offsets N(0, sigma) mm per axis, clipped at :data:`MAX_SHIFT_MM`,
+applied by :func:`shift_in_plane`.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MAX_SHIFT_MM = 6.0
-"""Breath-hold offsets are clipped to +- this many mm per axis (phantom, evaluation and training)."""
+"""Breath-hold offsets are clipped to +- this many mm per axis (phantom and evaluation)."""
 
 
 def shift_in_plane(x: Tensor, offsets_px: Tensor) -> Tensor:
