@@ -191,6 +191,7 @@ def test_vae_is_frozen_and_outside_the_optimizer(trained: dict[str, object]) -> 
     optimised = {id(p) for group in model.trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimised == {id(p) for p in model.denoiser.parameters()}
     assert not optimised & {id(p) for p in [*vae_params, *model.ema.parameters()]}
+    assert model.trainer.optimizers[0].defaults["fused"] is True  # models/optimizers.py
     model.train()
     assert not model.vae.training and model.denoiser.training
 

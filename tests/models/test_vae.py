@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,65 @@ def test_perceptual_weights_without_torchvision_raises(tmp_path: Path) -> None:
         VAEModule(**TINY, perceptual_weights=str(weights))
 
 
+class EncoderAtStep(Callback):
+    """The encoder's and decoder's weights when the training batch at ``global_step == step`` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.encoder, self.decoder = step, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self.encoder = _encoder_state(pl_module)
+            self.decoder = _decoder_state(pl_module)
+
+
+def _encoder_state(model: VAEModule) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().clone()
+        for k, v in model.autoencoder.state_dict().items()
+        if k.startswith(("encoder.", "quant_conv_"))
+    }
+
+
+def _decoder_state(model: VAEModule) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().clone()
+        for k, v in model.autoencoder.state_dict().items()
+        if k.startswith(("decoder.", "post_quant_conv."))
+    }
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_frozen_encoder_trains_the_decoder_alone(adversarial: bool) -> None:
+    torch.manual_seed(0)
+    extra = (
+        {"adv_weight": 0.1, "adv_warmup_steps": 3, "disc_channels": 8, "disc_layers": 2}
+        if adversarial
+        else {}
+    )
+    model = VAEModule(**TINY, lr=3e-3, freeze_encoder_at=3, **extra)
+    at_freeze, at_start = EncoderAtStep(3), EncoderAtStep(0)
+    trainer(9, callbacks=[at_start, at_freeze]).fit(model, loader())
+    assert at_freeze.encoder is not None
+    # Before the freeze the encoder learned; from it on its weights (so the latents) are those of step 3.
+    assert any(not torch.equal(at_start.encoder[k], v) for k, v in at_freeze.encoder.items())
+    for key, value in _encoder_state(model).items():
+        assert torch.equal(value, at_freeze.encoder[key]), key
+    assert any(not torch.equal(at_freeze.decoder[k], v) for k, v in _decoder_state(model).items())
+
+
+def test_frozen_encoder_loss_is_the_decoded_mean_error() -> None:
+    torch.manual_seed(0)
+    model = VAEModule(**TINY, freeze_encoder_at=0)
+    x = torch.rand(2, 1, 16, 16)
+    loss, recon, parts = model._generator_loss(x, adversarial=False)
+    assert set(parts) == {"l1", "loss"}  # no KL: the encoder is fixed
+    torch.testing.assert_close(recon, model.autoencoder.decode(model.autoencoder.encode(x)[0]))
+    torch.testing.assert_close(loss, (recon - x).abs().mean())
+    with pytest.raises(ValueError, match="freeze_encoder_at: expected a step >= 0"):
+        VAEModule(**TINY, freeze_encoder_at=-1)
+
+
 def test_adversarial_bf16_mixed_with_clipping_runs() -> None:
     """The paper profile's combination: manual optimization, bf16 autocast, gradient clipping by hand."""
     model = VAEModule(
@@ -226,9 +286,13 @@ def test_experiment_configs_build_the_model() -> None:
     paper = compose(REPO / "experiments/profiles/paper/vae.yaml")
     assert quick["model"]["class_path"] == "calid_lightning.models.vae.VAEModule"
     model = VAEModule(**quick["model"]["init_args"])
-    assert model.downsample_factor == 4 and model.discriminator is None
+    assert model.downsample_factor == 4 and model.discriminator is not None
+    # The quick recipe: the patch-GAN and the decoder-only phase start together, inside the run.
+    init = quick["model"]["init_args"]
+    assert init["freeze_encoder_at"] == init["adv_warmup_steps"] < quick["trainer"]["max_steps"]
     paper_model = VAEModule(**{**quick["model"]["init_args"], **paper["model"]["init_args"]})
     assert paper_model.downsample_factor == 4 and paper_model.discriminator is not None
+    assert paper["model"]["init_args"]["freeze_encoder_at"] is None  # joint GAN training at paper size
     assert paper["trainer"]["precision"] == "bf16-mixed"
 
 
@@ -288,3 +352,30 @@ def test_cosine_decay_ends_at_a_tenth_of_the_rate_at_max_steps(adversarial: bool
         )
     with pytest.raises(ValueError, match="lr_decay must be one of"):
         VAEModule(**TINY, lr_decay="step")
+
+
+class RecordRate(Callback):
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        optimizer = trainer.optimizers[0]
+        self.rates.append(optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_cosine_decay_ends_where_the_encoder_freezes(adversarial: bool) -> None:
+    """The joint phase anneals as a run of ``freeze_encoder_at`` steps would; the decoder then trains at
+    a tenth of the rate (each batch after the adversarial start counts two global steps)."""
+    torch.manual_seed(0)
+    extra = (
+        {"adv_weight": 0.1, "adv_warmup_steps": 4, "disc_channels": 8, "disc_layers": 2}
+        if adversarial
+        else {}
+    )
+    model = VAEModule(**TINY, lr=1e-3, lr_decay="cosine", freeze_encoder_at=4, **extra)
+    record = RecordRate()
+    trainer(10 if adversarial else 7, callbacks=[record]).fit(model, loader())
+    # Batches 0-3 at the cosine of a 4-step run (the 4th at 1e-4), then 3 decoder batches at 1e-4.
+    expected = [1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * s / 3))) for s in range(4)] + [1e-4] * 3
+    assert record.rates == pytest.approx(expected)

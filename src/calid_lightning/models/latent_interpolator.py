@@ -46,6 +46,7 @@ from calid_lightning.models.diffusion import (
 )
 from calid_lightning.models.ema import EMA
 from calid_lightning.models.latent_cache import LatentCache, module_digest
+from calid_lightning.models.optimizers import adamw
 from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
 from calid_lightning.models.vae import VAEModule
 
@@ -523,9 +524,8 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over the trained parts (U-Net and ControlNet): linear warm-up, then ``lr_decay``."""
-        optimizer = torch.optim.AdamW(
-            self.denoiser.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        hp = self.hparams
+        optimizer = adamw(self, self.denoiser.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         scheduler = warmup_decay_scheduler(
             optimizer,
             self.hparams.lr_warmup_steps,

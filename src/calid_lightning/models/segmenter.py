@@ -24,6 +24,7 @@ from torchmetrics import MeanMetric
 from calid_lightning.data.subject import CLASS_KEYS, NUM_CLASSES
 from calid_lightning.metrics.dice import dice_per_class
 from calid_lightning.models.checkpoints import NamedCheckpoint
+from calid_lightning.models.optimizers import adamw
 
 
 def _batch(batch: Any) -> tuple[Tensor, Tensor]:
@@ -145,9 +146,7 @@ class SegmenterModule(NamedCheckpoint, LightningModule):
         return torch.cat(outputs) if outputs else images.new_zeros((0, *images.shape[2:]), dtype=torch.long)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        return adamw(self, self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
 def slice_dice(pred: Tensor, truth: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from calid_lightning.errors import DataError
 from calid_lightning.models.attention import float32_attention
 from calid_lightning.models.checkpoints import NamedCheckpoint
 from calid_lightning.models.losses import build_perceptual_loss, kl_divergence
+from calid_lightning.models.optimizers import adamw
 from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
 
 RECON_LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
@@ -107,7 +108,8 @@ class VAEModule(NamedCheckpoint, LightningModule):
         norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
         lr, weight_decay: AdamW settings of the autoencoder (and of the discriminator unless ``disc_lr``).
         lr_warmup_steps, lr_decay: the autoencoder's rate: linear warm-up, then ``constant`` or ``cosine`` to
-            0.1 x ``lr`` at ``trainer.max_steps`` (:mod:`~calid_lightning.models.schedules`).
+            0.1 x ``lr`` at ``trainer.max_steps``, or at ``freeze_encoder_at`` when it comes first (the
+            decoder-only steps then run at 0.1 x ``lr``) (:mod:`~calid_lightning.models.schedules`).
         recon_loss: ``l1`` (default) or ``mse``, the reconstruction error of the training loss. MSE is the
             error PSNR measures; L1 is the usual latent-diffusion choice.
         kl_weight: weight of the KL term.
@@ -115,6 +117,10 @@ class VAEModule(NamedCheckpoint, LightningModule):
         adv_warmup_steps: ``trainer.global_step`` at which the adversarial terms start. Before it only the
             autoencoder steps (one global step per batch); after it both optimizers step (two per batch),
             which also counts towards ``trainer.max_steps``.
+        freeze_encoder_at: ``trainer.global_step`` from which only the decoder trains, on the decoded
+            posterior mean (what inference decodes): the encoder, hence the latents and the scale factor,
+            stay those of that step. With ``adv_warmup_steps`` at the same step it is a patch-GAN fine-tune
+            of the decoder that cannot change the latent space a diffusion model learns. None: never.
         disc_channels, disc_layers, disc_lr: MONAI ``PatchDiscriminator`` width, depth and learning rate.
         grad_clip_norm: gradient-norm clip for every optimizer (the trainer's ``gradient_clip_val`` is
             rejected by Lightning under manual optimization, so set it here).
@@ -146,6 +152,7 @@ class VAEModule(NamedCheckpoint, LightningModule):
         disc_layers: int = 3,
         disc_lr: float | None = None,
         grad_clip_norm: float | None = None,
+        freeze_encoder_at: int | None = None,
         perceptual_weights: str | None = None,
         perceptual_weight: float = 1e-3,
         scale_factor_batches: int = 50,
@@ -155,6 +162,8 @@ class VAEModule(NamedCheckpoint, LightningModule):
         check_lr_decay(lr_decay)
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss: expected one of {sorted(RECON_LOSSES)}; got {recon_loss!r}")
+        if freeze_encoder_at is not None and freeze_encoder_at < 0:
+            raise ValueError(f"freeze_encoder_at: expected a step >= 0 or None; got {freeze_encoder_at}")
         self.save_hyperparameters()
         channels = tuple(channels)
         self.latent_channels = latent_channels
@@ -267,15 +276,28 @@ class VAEModule(NamedCheckpoint, LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         return [LatentScaleFactor()]
 
+    def encoder_frozen(self) -> bool:
+        """True from ``freeze_encoder_at`` on: the step trains the decoder alone."""
+        at = self.hparams.freeze_encoder_at
+        return at is not None and self.global_step >= at
+
     def _generator_loss(self, x: Tensor, adversarial: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Autoencoder loss on a sampled reconstruction; returns (loss, reconstruction, parts to log)."""
-        recon, z_mu, z_sigma = self.autoencoder(x)
+        """Autoencoder loss on a sampled reconstruction (the decoded posterior mean once the encoder is
+        frozen, without the then constant KL term); returns (loss, reconstruction, parts to log)."""
         recon_loss = self.hparams.recon_loss
-        parts = {
-            recon_loss: RECON_LOSSES[recon_loss](recon.float(), x.float()),
-            "kl": kl_divergence(z_mu.float(), z_sigma.float()),
-        }
-        loss = parts[recon_loss] + self.hparams.kl_weight * parts["kl"]
+        if self.encoder_frozen():
+            with torch.no_grad():
+                z_mu = self.autoencoder.encode(x)[0]
+            recon = self.autoencoder.decode(z_mu)
+            parts = {recon_loss: RECON_LOSSES[recon_loss](recon.float(), x.float())}
+            loss = parts[recon_loss]
+        else:
+            recon, z_mu, z_sigma = self.autoencoder(x)
+            parts = {
+                recon_loss: RECON_LOSSES[recon_loss](recon.float(), x.float()),
+                "kl": kl_divergence(z_mu.float(), z_sigma.float()),
+            }
+            loss = parts[recon_loss] + self.hparams.kl_weight * parts["kl"]
         if self._perceptual:
             perceptual = self._perceptual[0].to(x.device)
             parts["perceptual"] = perceptual(recon.float(), x.float()).mean()
@@ -358,17 +380,20 @@ class VAEModule(NamedCheckpoint, LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        opt_g = torch.optim.AdamW(self.autoencoder.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt_g = adamw(self, self.autoencoder.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        decay_end = max_steps_of(self)
+        if hp.freeze_encoder_at is not None and (decay_end < 0 or hp.freeze_encoder_at < decay_end):
+            decay_end = hp.freeze_encoder_at
         schedule = {
             "scheduler": warmup_decay_scheduler(
-                opt_g, hp.lr_warmup_steps, self._generator_steps(max_steps_of(self)), hp.lr_decay
+                opt_g, hp.lr_warmup_steps, self._generator_steps(decay_end), hp.lr_decay
             ),
             "interval": "step",
         }
         if self.discriminator is None:
             return {"optimizer": opt_g, "lr_scheduler": schedule}
-        opt_d = torch.optim.AdamW(
-            self.discriminator.parameters(), lr=hp.disc_lr or hp.lr, weight_decay=hp.weight_decay
+        opt_d = adamw(
+            self, self.discriminator.parameters(), lr=hp.disc_lr or hp.lr, weight_decay=hp.weight_decay
         )
         return [opt_g, opt_d], [schedule]
 
