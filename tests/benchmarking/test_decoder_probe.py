@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
 from calid_lightning.benchmarking import train_throughput as bench
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def probe_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("decoder_probe", ROOT / "benchmarks" / "decoder_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("decoder_probe", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_probe_replaces_only_the_decoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,7 +31,7 @@ def test_probe_replaces_only_the_decoder(tmp_path: Path, monkeypatch: pytest.Mon
     out = tmp_path / "gan.ckpt"
     argv = ["--vae", str(vae_path), "--calid", str(tmp_path / "calid.ckpt"), "--out", str(out)]
     argv += ["--batches", "2", "--adv-weight", "0.01", "--disc-channels", "8", "--lr", "1e-2", "--set", *tiny]
-    assert probe_module().main(argv) == 0
+    assert load_benchmark("decoder_probe").main(argv) == 0
 
     after = torch.load(out, map_location="cpu", weights_only=True)["state_dict"]
     assert after.keys() == before.keys()
@@ -52,4 +42,4 @@ def test_probe_replaces_only_the_decoder(tmp_path: Path, monkeypatch: pytest.Mon
     for key in before.keys() - set(decoder):  # encoder, scale factor, denoiser, EMA: as they were
         assert torch.equal(after[key], before[key]), key
     with pytest.raises(SystemExit, match="exists"):
-        probe_module().main(argv)
+        load_benchmark("decoder_probe").main(argv)

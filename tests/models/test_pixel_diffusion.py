@@ -5,11 +5,8 @@ Tiny sizes: 16x16 image slices, U-Net channels (16, 32) -> size multiple 2.
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -17,6 +14,7 @@ from lightning.pytorch import Trainer, seed_everything
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from benchmark_scripts import load_benchmark
 from calid_lightning.inference.interpolator import SliceInterpolator
 from calid_lightning.inference.methods import MethodModels, build_method
 from calid_lightning.inference.upsample import EngineUpsampler
@@ -193,16 +191,8 @@ def test_configs_share_the_denoiser() -> None:
     )
 
 
-def bench_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_upsample", ROOT / "benchmarks" / "bench_upsample.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_upsample", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_times_untrained_models() -> None:
-    bench = bench_module()
+    bench = load_benchmark("bench_upsample")
     vae = {"channels": (8, 8, 8), "norm_num_groups": 4}
     calid, pixel = bench.untrained_models(vae_overrides=vae, denoiser_overrides=TINY_UNET)
     assert isinstance(calid, CaLIDSpatial) and isinstance(pixel, PixelSpatial)
