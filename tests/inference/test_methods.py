@@ -23,8 +23,10 @@ from calid_lightning.inference.methods import (
     label_of,
     methods_of,
     models_from_args,
+    split_variant,
     title_of,
     training_mismatches,
+    variant_name,
 )
 from calid_lightning.inference.nifti_io import DATAMODULE_HPARAMS
 from calid_lightning.inference.upsample import EngineUpsampler
@@ -82,6 +84,12 @@ def test_the_table_and_figures_read_the_registry() -> None:
         title_of("calid, 5 DDIM steps") == "CaLID, one sample, 5 DDIM steps" and label_of("other") == "other"
     )
     assert title_of("other, a variant") == "other, a variant"
+    # An ablation's row: built and split in one place; the variant keeps its own commas.
+    row = variant_name("calid_mean", "input concatenation only, 1210 steps")
+    assert row == "calid_mean, input concatenation only, 1210 steps"
+    assert split_variant(row) == ("calid_mean", "input concatenation only, 1210 steps")
+    assert split_variant("calid") == ("calid", "")
+    assert title_of(row) == "CaLID, conditional mean, input concatenation only, 1210 steps"
     assert all(m.cine == (m.name in CINE) for m in METHODS.values())
     assert {m.needs for m in METHODS.values()} == {None, *MODEL_FILES}
 

@@ -393,13 +393,28 @@ def label_of(name: str) -> str:
     return METHODS[name].label if name in METHODS else name
 
 
+VARIANT_SEPARATOR = ", "
+"""Between a method's name and an ablation's variant of it in a results row: ``"calid, 5 DDIM steps"``."""
+
+
+def variant_name(method: str, variant: str) -> str:
+    """The row name of ``variant`` of ``method`` (an ablation's rows: other DDIM steps, another training)."""
+    return f"{method}{VARIANT_SEPARATOR}{variant}"
+
+
+def split_variant(name: str) -> tuple[str, str]:
+    """``(method, variant)`` of a row name from :func:`variant_name`; ``(name, "")`` for a plain method."""
+    method, _, variant = name.partition(VARIANT_SEPARATOR)
+    return method, variant
+
+
 def title_of(name: str) -> str:
-    """The results-table title of method ``name``: ``"calid, 5 DDIM steps"`` (an ablation's variant of a
-    method) is the title of ``calid`` and what follows its first comma; other names are their own title."""
-    method, comma, variant = name.partition(", ")
+    """The results-table title of row ``name``: a variant of a method (``"calid, 5 DDIM steps"``) is the
+    method's title and the variant; other names are their own title."""
+    method, variant = split_variant(name)
     if method not in METHODS:
         return name
-    return f"{METHODS[method].title}{comma}{variant}"
+    return variant_name(METHODS[method].title, variant) if variant else METHODS[method].title
 
 
 def build_method(name: str, models: MethodModels | None = None) -> Any:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calid_lightning.evaluation.table import markdown_table, mean_std
-from calid_lightning.inference.methods import METHODS, title_of
+from calid_lightning.inference.methods import METHODS, split_variant, title_of, variant_name
 from calid_lightning.io_safety import atomic_path, atomic_write_text
 
 
@@ -104,9 +104,9 @@ def read_subject_rows(eval_dir: Path) -> dict[tuple[str, int], list[dict[str, st
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         if steps:  # the DDIM-steps ablation: one CaLID row per step count
-            rows = [r | {"method": f"calid, {steps} DDIM steps"} for r in rows]
+            rows = [r | {"method": variant_name("calid", f"{steps} DDIM steps")} for r in rows]
         if kind == "concat":  # the injection ablation: its methods' rows beside the full model's
-            rows = [r | {"method": f"{r['method']}, {CONCAT}"} for r in rows]
+            rows = [r | {"method": variant_name(r["method"], CONCAT)} for r in rows]
         # Rows pair only with rows scored on the same slices: the pixel file scores other frames; the
         # ablation's file scores the spatial file's slices.
         pairing = {"cine_inflated": "cine", "concat": "spatial"}.get(kind, kind)
@@ -183,8 +183,8 @@ def paired_markdown(
 
 def _rank(method: str) -> tuple[int, int, str]:
     """Registry order; an ablation's variant (``"calid_mean, <variant>"``) right after its method."""
-    steps = re.search(r"(\d+) DDIM steps", method)
-    base = method.partition(", ")[0]
+    base, variant = split_variant(method)
+    steps = re.fullmatch(r"(\d+) DDIM steps", variant)
     position = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
     return (position, int(steps.group(1)) if steps else 0, method)
 
