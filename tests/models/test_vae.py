@@ -218,23 +218,19 @@ class EncoderAtStep(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            self.encoder = _encoder_state(pl_module)
-            self.decoder = _decoder_state(pl_module)
+            self.encoder = _state(pl_module, ENCODER)
+            self.decoder = _state(pl_module, DECODER)
 
 
-def _encoder_state(model: VAEModule) -> dict[str, torch.Tensor]:
+ENCODER = ("encoder.", "quant_conv_")
+DECODER = ("decoder.", "post_quant_conv.")
+"""The autoencoder's state-dict prefixes of each half."""
+
+
+def _state(model: VAEModule, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A copy of the autoencoder's tensors whose names start with one of ``prefixes``."""
     return {
-        k: v.detach().clone()
-        for k, v in model.autoencoder.state_dict().items()
-        if k.startswith(("encoder.", "quant_conv_"))
-    }
-
-
-def _decoder_state(model: VAEModule) -> dict[str, torch.Tensor]:
-    return {
-        k: v.detach().clone()
-        for k, v in model.autoencoder.state_dict().items()
-        if k.startswith(("decoder.", "post_quant_conv."))
+        k: v.detach().clone() for k, v in model.autoencoder.state_dict().items() if k.startswith(prefixes)
     }
 
 
@@ -252,9 +248,9 @@ def test_frozen_encoder_trains_the_decoder_alone(adversarial: bool) -> None:
     assert at_freeze.encoder is not None
     # Before the freeze the encoder learned; from it on its weights (so the latents) are those of step 3.
     assert any(not torch.equal(at_start.encoder[k], v) for k, v in at_freeze.encoder.items())
-    for key, value in _encoder_state(model).items():
+    for key, value in _state(model, ENCODER).items():
         assert torch.equal(value, at_freeze.encoder[key]), key
-    assert any(not torch.equal(at_freeze.decoder[k], v) for k, v in _decoder_state(model).items())
+    assert any(not torch.equal(at_freeze.decoder[k], v) for k, v in _state(model, DECODER).items())
 
 
 def test_frozen_encoder_loss_is_the_decoded_mean_error() -> None:

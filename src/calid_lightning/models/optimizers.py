@@ -1,8 +1,8 @@
 """The optimizer of every trained model: AdamW, on PyTorch's fused kernel where it can be used.
 
 The default AdamW on CPU loops over the tensors in Python: for CaLID's 6.3 M parameters in 282 tensors that
-is 40 ms a step on one thread against 12 ms fused, about 7 % of a training step
-(``benchmarks/bench_train.py``). The update is AdamW's either way. Lightning refuses to clip the gradients
+is 40 ms a step on one thread against 12 ms fused, about 6 % of a training step (docs/ablations.md,
+section 15b). The update is AdamW's either way. Lightning refuses to clip the gradients
 of a fused optimizer under mixed precision (it would unscale them itself), so mixed-precision runs keep the
 unfused one (``foreach`` on CUDA, where that is PyTorch's default and fast).
 """

@@ -285,19 +285,18 @@ class VAEModule(NamedCheckpoint, LightningModule):
         """Autoencoder loss on a sampled reconstruction (the decoded posterior mean once the encoder is
         frozen, without the then constant KL term); returns (loss, reconstruction, parts to log)."""
         recon_loss = self.hparams.recon_loss
-        if self.encoder_frozen():
+        frozen = self.encoder_frozen()
+        if frozen:
             with torch.no_grad():
                 z_mu = self.autoencoder.encode(x)[0]
             recon = self.autoencoder.decode(z_mu)
-            parts = {recon_loss: RECON_LOSSES[recon_loss](recon.float(), x.float())}
-            loss = parts[recon_loss]
         else:
             recon, z_mu, z_sigma = self.autoencoder(x)
-            parts = {
-                recon_loss: RECON_LOSSES[recon_loss](recon.float(), x.float()),
-                "kl": kl_divergence(z_mu.float(), z_sigma.float()),
-            }
-            loss = parts[recon_loss] + self.hparams.kl_weight * parts["kl"]
+        parts = {recon_loss: RECON_LOSSES[recon_loss](recon.float(), x.float())}
+        loss = parts[recon_loss]
+        if not frozen:
+            parts["kl"] = kl_divergence(z_mu.float(), z_sigma.float())
+            loss = loss + self.hparams.kl_weight * parts["kl"]
         if self._perceptual:
             perceptual = self._perceptual[0].to(x.device)
             parts["perceptual"] = perceptual(recon.float(), x.float()).mean()
