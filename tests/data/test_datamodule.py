@@ -226,6 +226,18 @@ def test_default_augmentation_stays_in_unit_range():
     assert not torch.equal(outputs[0], outputs[1])
 
 
+def test_blur_is_optional_and_in_plane_only():
+    assert not any(isinstance(t, tio.RandomBlur) for t in build_augmentation().transforms)
+    transforms = build_augmentation(blur_std_px=1.5, blur_p=1.0).transforms
+    blur = next(t for t in transforms if isinstance(t, tio.RandomBlur))
+    slab = torch.zeros(1, 15, 15, 3)
+    slab[0, 7, 7, 1] = 1.0  # a point in the middle slice of the slab
+    out = augment_slab(slab, blur, seed=0)
+    assert out[..., 0].abs().max() == 0 and out[..., 2].abs().max() == 0, "no blur across slices"
+    assert out[0, 7, 7, 1] < 1 and out[0, 6, 7, 1] > 0 and out[0, 7, 6, 1] > 0, "blurred in-plane"
+    assert out.sum() == pytest.approx(1.0, abs=1e-3)
+
+
 def test_dataloader_with_two_workers(subjects, tmp_path):
     dm = make_dm(
         subjects, tmp_path, task="spatial", gap_factor=3, num_workers=2, batch_size=2, samples_per_epoch=4

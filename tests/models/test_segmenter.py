@@ -182,7 +182,30 @@ def test_experiment_configs_instantiate():
     dm = parse_cli(configs)
     assert isinstance(dm, CardiacDataModule)
     assert (dm.hparams.task, dm.hparams.crop_size, dm.hparams.layout) == ("segment", 64, "phantom")
+    blur = parse_cli(configs, ("--data.init_args.augment_options.blur_std_px=1.5",))
+    options = blur.hparams.augment_options
+    assert options["blur_std_px"] == 1.5 and isinstance(options["blur_std_px"], float), "a number, not '1.5'"
+    assert options["flip"] is False, "the config's other options are kept"
     paper_profile = str(ROOT / "experiments/profiles/paper/segmenter.yaml")
     cpu = ("--trainer.accelerator=cpu", "--trainer.strategy=auto", "--trainer.devices=1")
     paper = parse_cli([*configs, paper_profile], cpu)
     assert (paper.hparams.task, paper.hparams.crop_size) == ("segment", 128)
+
+
+def test_cosine_decay_ends_at_a_tenth_of_the_rate_at_max_steps(tmp_path):
+    seed_everything(0)
+    model = SegmenterModule(**TINY, lr_warmup_steps=2, lr_decay="cosine")
+    trainer = Trainer(
+        max_steps=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, DataLoader(synthetic_hearts(8), batch_size=4))
+    assert model.optimizers().param_groups[0]["lr"] == pytest.approx(TINY["lr"] / 10)
+    constant = SegmenterModule(**TINY)
+    assert constant.configure_optimizers()["lr_scheduler"]["scheduler"].get_last_lr() == [TINY["lr"]]
+    with pytest.raises(ValueError, match="lr_decay must be one of"):
+        SegmenterModule(**TINY, lr_decay="step")

@@ -153,7 +153,7 @@ class CardiacDataModule(LightningDataModule):
         time_multiple: int = 8,
         frames: str = "all",
         augment: bool = False,
-        augment_options: dict | None = None,
+        augment_options: dict[str, bool | float] | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
         samples_per_epoch: int = 2048,

@@ -25,6 +25,7 @@ from calid_lightning.data.subject import CLASS_KEYS, NUM_CLASSES
 from calid_lightning.metrics.dice import dice_per_class
 from calid_lightning.models.checkpoints import NamedCheckpoint
 from calid_lightning.models.optimizers import adamw
+from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
 
 
 def _batch(batch: Any) -> tuple[Tensor, Tensor]:
@@ -49,6 +50,10 @@ class SegmenterModule(NamedCheckpoint, LightningModule):
         norm: MONAI normalisation layer name ("instance", "batch", ...).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        lr_warmup_steps, lr_decay: linear warm-up, then a constant rate or a cosine decay to 0.1 x ``lr`` at
+            ``trainer.max_steps`` (:mod:`~calid_lightning.models.schedules`, as the VAE and the denoisers):
+            a decayed run ends on a small step, so its last checkpoint is less a matter of where a noisy
+            constant-rate trajectory happened to stop.
         lambda_dice: weight of the Dice term of the loss.
         lambda_ce: weight of the cross-entropy term of the loss.
     """
@@ -62,10 +67,13 @@ class SegmenterModule(NamedCheckpoint, LightningModule):
         norm: str = "instance",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        lr_warmup_steps: int = 0,
+        lr_decay: str = "constant",
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
     ) -> None:
         super().__init__()
+        check_lr_decay(lr_decay)
         if len(strides) != len(channels) - 1:
             raise ValueError(
                 f"model.strides needs len(model.channels) - 1 = {len(channels) - 1} entries, "
@@ -145,8 +153,12 @@ class SegmenterModule(NamedCheckpoint, LightningModule):
             self.train(was_training)
         return torch.cat(outputs) if outputs else images.new_zeros((0, *images.shape[2:]), dtype=torch.long)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return adamw(self, self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the U-Net: linear warm-up, then ``lr_decay``."""
+        hp = self.hparams
+        optimizer = adamw(self, self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        scheduler = warmup_decay_scheduler(optimizer, hp.lr_warmup_steps, max_steps_of(self), hp.lr_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def slice_dice(pred: Tensor, truth: Tensor) -> Tensor:
