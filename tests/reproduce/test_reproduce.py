@@ -236,7 +236,12 @@ def test_training_stage_key_follows_the_composed_configs_not_their_text(
 def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     profile = load_profile("experiments/reproduce/quick.yaml")
-    stages = {s.name: s for s in plan(profile, tmp_path / "runs", tmp_path / "results")}
+    planned = plan(profile, tmp_path / "runs", tmp_path / "results")
+    stages = {s.name: s for s in planned}
+    order = [s.name for s in planned]
+    assert order.index("calid_inflated") < order.index("calid_concat"), (
+        "of two ready stages the first listed starts: the 2D+T model (critical path) before the ablation"
+    )
     assert {
         "data",
         "vae",
