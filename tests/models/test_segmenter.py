@@ -44,6 +44,19 @@ def synthetic_hearts(count: int, size: int = 32, seed: int = 0) -> list[dict[str
     return items
 
 
+def quiet_trainer(root: Path, max_steps: int) -> Trainer:
+    """A CPU trainer without loggers, checkpoints, progress bar or sanity validation."""
+    return Trainer(
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+    )
+
+
 def test_shapes_and_predict():
     model = SegmenterModule(**TINY)
     images = torch.rand(5, 1, 32, 32)
@@ -89,15 +102,7 @@ def test_short_training_lowers_loss_and_raises_dice(tmp_path):
             return float(model.loss(model(images), truth[:, None]))
 
     before_dice, before_loss = mean_dice(), val_loss()
-    trainer = Trainer(
-        max_steps=100,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=100)
     trainer.fit(model, DataLoader(train, batch_size=8, shuffle=True), DataLoader(val, batch_size=8))
     after_dice, after_loss = mean_dice(), val_loss()
     print(f"val loss {before_loss:.3f} -> {after_loss:.3f}, mean Dice {before_dice:.3f} -> {after_dice:.3f}")
@@ -195,15 +200,7 @@ def test_experiment_configs_instantiate():
 def test_cosine_decay_ends_at_a_tenth_of_the_rate_at_max_steps(tmp_path):
     seed_everything(0)
     model = SegmenterModule(**TINY, lr_warmup_steps=2, lr_decay="cosine")
-    trainer = Trainer(
-        max_steps=6,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, DataLoader(synthetic_hearts(8), batch_size=4))
+    quiet_trainer(tmp_path, max_steps=6).fit(model, DataLoader(synthetic_hearts(8), batch_size=4))
     assert model.optimizers().param_groups[0]["lr"] == pytest.approx(TINY["lr"] / 10)
     constant = SegmenterModule(**TINY)
     assert constant.configure_optimizers()["lr_scheduler"]["scheduler"].get_last_lr() == [TINY["lr"]]
