@@ -51,9 +51,9 @@ class SegmenterModule(NamedCheckpoint, LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_warmup_steps, lr_decay: linear warm-up, then a constant rate or a cosine decay to 0.1 x ``lr`` at
-            ``trainer.max_steps`` (:mod:`~calid_lightning.models.schedules`, as the VAE and the denoisers):
-            a decayed run ends on a small step, so its last checkpoint is less a matter of where a noisy
-            constant-rate trajectory happened to stop.
+            ``trainer.max_steps`` (:mod:`~calid_lightning.models.schedules`, as the VAE and the denoisers).
+            Default constant: the cosine decay ended the quick segmenter lower on val (docs/ablations.md,
+            section 16).
         lambda_dice: weight of the Dice term of the loss.
         lambda_ce: weight of the cross-entropy term of the loss.
     """
