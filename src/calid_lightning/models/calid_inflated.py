@@ -35,7 +35,7 @@ from calid_lightning.models.diffusion import randn_like_from
 from calid_lightning.models.ema import EMA
 from calid_lightning.models.latent_interpolator import DENOISER_HPARAMS, LatentInterpolatorBase
 from calid_lightning.models.optimizers import adamw
-from calid_lightning.models.schedules import max_steps_of, warmup_decay_scheduler
+from calid_lightning.models.schedules import stepwise_schedule
 from calid_lightning.models.temporal_layers import TEMPORAL_LAYERS, TemporalMixer, inflate_blocks
 
 ARCHITECTURE_KEYS = (
@@ -298,10 +298,7 @@ class CaLIDInflated(LatentInterpolatorBase):
         if not temporal and self.hparams.spatial_lr == 0:
             raise ValueError("CaLIDInflated: temporal_layers=none and spatial_lr=0 leave nothing to train")
         optimizer = adamw(self, [g for g in groups if g["params"]], weight_decay=self.hparams.weight_decay)
-        scheduler = warmup_decay_scheduler(
-            optimizer, self.hparams.lr_warmup_steps, max_steps_of(self), self.lr_decay
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return stepwise_schedule(self, optimizer, self.hparams.lr_warmup_steps, self.lr_decay)
 
     def _regression_loss(
         self, prediction: Tensor, target: Tensor, batch: dict[str, Tensor], weights: Tensor

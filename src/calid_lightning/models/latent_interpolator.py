@@ -47,7 +47,7 @@ from calid_lightning.models.diffusion import (
 from calid_lightning.models.ema import EMA
 from calid_lightning.models.latent_cache import LatentCache, module_digest
 from calid_lightning.models.optimizers import adamw
-from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
+from calid_lightning.models.schedules import check_lr_decay, stepwise_schedule
 from calid_lightning.models.vae import VAEModule
 
 DENOISER_HPARAMS = (
@@ -526,13 +526,7 @@ class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
         """AdamW over the trained parts (U-Net and ControlNet): linear warm-up, then ``lr_decay``."""
         hp = self.hparams
         optimizer = adamw(self, self.denoiser.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = warmup_decay_scheduler(
-            optimizer,
-            self.hparams.lr_warmup_steps,
-            max_steps_of(self),
-            self.lr_decay,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return stepwise_schedule(self, optimizer, self.hparams.lr_warmup_steps, self.lr_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Name this class in the checkpoint (tools load it without being told which model it is) and keep

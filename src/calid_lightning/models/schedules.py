@@ -54,6 +54,15 @@ def warmup_decay_scheduler(
     )
 
 
+def stepwise_schedule(
+    module: LightningModule, optimizer: torch.optim.Optimizer, warmup_steps: int, decay: str
+) -> dict:
+    """``configure_optimizers``' return value: ``optimizer`` with :func:`warmup_decay_scheduler` stepped every
+    optimizer step, the decay ending at the module's ``trainer.max_steps``."""
+    scheduler = warmup_decay_scheduler(optimizer, warmup_steps, max_steps_of(module), decay)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 def max_steps_of(module: LightningModule) -> int:
     """The attached trainer's ``max_steps`` (-1 when unset or when no trainer is attached)."""
     trainer = module._trainer

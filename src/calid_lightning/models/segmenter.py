@@ -25,7 +25,7 @@ from calid_lightning.data.subject import CLASS_KEYS, NUM_CLASSES
 from calid_lightning.metrics.dice import dice_per_class
 from calid_lightning.models.checkpoints import NamedCheckpoint
 from calid_lightning.models.optimizers import adamw
-from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
+from calid_lightning.models.schedules import check_lr_decay, stepwise_schedule
 
 
 def _batch(batch: Any) -> tuple[Tensor, Tensor]:
@@ -157,8 +157,7 @@ class SegmenterModule(NamedCheckpoint, LightningModule):
         """AdamW over the U-Net: linear warm-up, then ``lr_decay``."""
         hp = self.hparams
         optimizer = adamw(self, self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = warmup_decay_scheduler(optimizer, hp.lr_warmup_steps, max_steps_of(self), hp.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return stepwise_schedule(self, optimizer, hp.lr_warmup_steps, hp.lr_decay)
 
 
 def slice_dice(pred: Tensor, truth: Tensor) -> Tensor:
