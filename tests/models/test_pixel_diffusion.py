@@ -196,7 +196,7 @@ def test_bench_times_untrained_models() -> None:
     vae = {"channels": (8, 8, 8), "norm_num_groups": 4}
     calid, pixel = bench.untrained_models(vae_overrides=vae, denoiser_overrides=TINY_UNET)
     assert isinstance(calid, CaLIDSpatial) and isinstance(pixel, PixelSpatial)
-    assert calid.hparams.num_inference_steps == pixel.hparams.num_inference_steps == 50  # quick configs
+    assert calid.hparams.num_inference_steps == pixel.hparams.num_inference_steps == 5  # quick configs
     assert tuple(calid.hparams.channels) == tuple(pixel.hparams.channels) == TINY_UNET["channels"]
     assert bench.architecture_differences(calid, pixel) == []
     assert bench.architecture_differences(calid, tiny_pixel(injection=False)) == ["injection"]

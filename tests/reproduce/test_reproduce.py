@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from calid_lightning.reproduce.profile import ProfileError, load_profile
 from calid_lightning.reproduce.runner import StageRunner, stage_keys, topological_order
@@ -513,3 +514,17 @@ def test_paper_profile_adds_its_overrides_and_evaluates_at_its_crop(
     for name in ("eval_spatial_x4", "eval_cine_x4", "figures_x4"):
         argv = stages[name].argv
         assert argv[argv.index("--data-override") + 1] == "crop_size=128", name
+
+
+@pytest.mark.parametrize("name", ["quick", "paper"])
+def test_diffusion_configs_default_to_the_steps_their_table_measured(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`calid upsample` and `calid evaluate` without --steps use the DDIM steps of the profile's table."""
+    monkeypatch.chdir(REPO)
+    profile = load_profile(f"experiments/reproduce/{name}.yaml")
+    for stage in ("calid_spatial", "pixel_spatial"):
+        config = OmegaConf.load(profile.train[stage].config)
+        if profile.profile_dir is not None:
+            config = OmegaConf.merge(config, OmegaConf.load(Path(profile.profile_dir) / f"{stage}.yaml"))
+        assert config.model.init_args.num_inference_steps == profile.evaluate["steps"], (name, stage)
