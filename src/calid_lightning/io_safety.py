@@ -66,6 +66,23 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (delivered then), where the platform can block signals.
+
+    Around the creation of a temporary file: a signal between the file's creation and the moment its name is
+    known to the clean-up would leave it behind.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _fsync_dir(folder: Path) -> None:
     """Persist a rename (best effort: not every platform can open a folder)."""
     try:
@@ -99,11 +116,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     temp: Path | None = None
     with sigterm_as_exit():
         try:
-            fd, name = tempfile.mkstemp(
-                prefix=f".{target.name}-", suffix=PARTIAL_TAG + file_extension(target.name), dir=folder
-            )
-            temp = Path(name)
-            os.close(fd)
+            with _signals_deferred():
+                fd, name = tempfile.mkstemp(
+                    prefix=f".{target.name}-", suffix=PARTIAL_TAG + file_extension(target.name), dir=folder
+                )
+                temp = Path(name)
+                os.close(fd)
             yield temp
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,6 +132,23 @@ def test_sigterm_while_writing_keeps_the_old_file(tmp_path: Path, stack: Path, c
     assert info.value.code == 128 + signal.SIGTERM
     assert digest(out) == before and partials(tmp_path) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_signal_as_the_temporary_file_is_created_leaves_no_partial(tmp_path: Path, monkeypatch) -> None:
+    """A signal that arrives right after the temporary file exists, before its name is known to the clean-up
+    (the killed-subprocess test below hit this window now and then on a loaded machine)."""
+    make_temp = tempfile.mkstemp
+
+    def mkstemp_then_signal(*args, **kwargs):
+        made = make_temp(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_signal)
+    with pytest.raises(SystemExit) as info:
+        atomic_write_text(tmp_path / "table.csv", "new")
+    assert info.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
 
 
 def _default_sigint() -> None:
