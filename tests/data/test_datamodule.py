@@ -155,7 +155,8 @@ def test_lenient_skips_bad_subjects(subjects, tmp_path):
 
 def test_disk_cache_serves_prepared_subjects(subjects, tmp_path):
     make_dm(subjects, tmp_path, cache_dir=str(tmp_path / "cache")).setup("fit")
-    assert len(list((tmp_path / "cache").rglob("*.pkl"))) == len(subjects)
+    written = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert len(written) == len(subjects) and all(p.suffix == ".pkl" for p in written)
     reader = MemoryReader(subjects)
     dm = make_dm(subjects, tmp_path, cache_dir=str(tmp_path / "cache"), reader=reader)
     dm.setup("fit")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from torch.utils.data import Dataset
 from calid_lightning.data.augment import augment_slab, single_thread
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import Example, cine_frame_indices, sample_train_example, stable_int
+from calid_lightning.io_safety import atomic_write_bytes
 
 TASKS = ("slice", "spatial", "cine", "segment")
 
@@ -94,11 +94,7 @@ class SubjectStore:
         path = self._path(subject_id)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with tmp.open("wb") as handle:
-            pickle.dump(prepared, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
+        atomic_write_bytes(path, pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def task_frames(prepared: PreparedSubject, frames: str) -> list[int]:
