@@ -288,16 +288,7 @@ def test_resume_reproduces_the_uninterrupted_run(vae_checkpoint: Path, tmp_path:
 
     def fit(max_steps: int, ckpt_path: Path | None = None) -> Trainer:
         seed_everything(0)
-        trainer = Trainer(
-            max_steps=max_steps,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            default_root_dir=tmp_path,
-        )
+        trainer = quiet_trainer(tmp_path, max_steps, limit_val_batches=0)
         trainer.fit(
             make_model(vae_checkpoint), DataLoader(spatial_examples(), batch_size=16), ckpt_path=ckpt_path
         )

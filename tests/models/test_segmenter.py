@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from torch.utils.data import DataLoader
 
 from calid_lightning.data.datamodule import CardiacDataModule
@@ -18,6 +18,7 @@ from calid_lightning.evaluation.segmentation import aggregate_segmentation, segm
 from calid_lightning.models.checkpoints import MODEL_CLASS_KEY, checkpoint_class, load_model
 from calid_lightning.models.segmenter import SegmenterModule, slice_dice
 from calid_lightning.models.vae import VAEModule
+from checkpoints import quiet_trainer
 from memory_data import MemoryReader, make_dm, make_subject, parse_cli
 
 ROOT = Path(__file__).parents[2]
@@ -42,19 +43,6 @@ def synthetic_hearts(count: int, size: int = 32, seed: int = 0) -> list[dict[str
         image = torch.tensor(image[None], dtype=torch.float32)
         items.append({"image": image, "label": torch.from_numpy(label)})
     return items
-
-
-def quiet_trainer(root: Path, max_steps: int) -> Trainer:
-    """A CPU trainer without loggers, checkpoints, progress bar or sanity validation."""
-    return Trainer(
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-    )
 
 
 def test_shapes_and_predict():

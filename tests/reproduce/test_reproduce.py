@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from omegaconf import OmegaConf
 
+from calid_lightning.experiment_config import merge_configs
 from calid_lightning.reproduce.profile import ProfileError, load_profile
 from calid_lightning.reproduce.runner import StageRunner, stage_keys, topological_order
 from calid_lightning.reproduce.stages import (
@@ -524,7 +524,8 @@ def test_diffusion_configs_default_to_the_steps_their_table_measured(
     monkeypatch.chdir(REPO)
     profile = load_profile(f"experiments/reproduce/{name}.yaml")
     for stage in ("calid_spatial", "pixel_spatial"):
-        config = OmegaConf.load(profile.train[stage].config)
+        configs = [profile.train[stage].config]
         if profile.profile_dir is not None:
-            config = OmegaConf.merge(config, OmegaConf.load(Path(profile.profile_dir) / f"{stage}.yaml"))
-        assert config.model.init_args.num_inference_steps == profile.evaluate["steps"], (name, stage)
+            configs.append(Path(profile.profile_dir) / f"{stage}.yaml")
+        steps = merge_configs(configs)["model"]["init_args"]["num_inference_steps"]
+        assert steps == profile.evaluate["steps"], (name, stage)
