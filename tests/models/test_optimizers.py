@@ -3,9 +3,10 @@
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
-from calid_lightning.models.optimizers import adamw
+from calid_lightning.models.optimizers import FusedClipping, adamw
 from calid_lightning.models.segmenter import SegmenterModule
 from calid_lightning.models.vae import VAEModule
 
@@ -63,9 +64,70 @@ def test_models_train_with_the_fused_adamw(model) -> None:
     assert model().configure_optimizers()["optimizer"].defaults["fused"] is True
 
 
-@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", False)])
-def test_mixed_precision_keeps_the_unfused_adamw(precision: str, fused: bool) -> None:
-    """Lightning refuses to clip a fused optimizer's gradients under mixed precision."""
+def _trainer(precision: str, **kwargs) -> Trainer:
+    """A CPU trainer; ``16-mixed`` as a plugin with a gradient scaler (Lightning takes no 16-mixed on CPU)."""
+    settings = (
+        {"plugins": [MixedPrecision("16-mixed", "cpu")]}
+        if precision == "16-mixed"
+        else {"precision": precision}
+    )
+    return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, **settings, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("precision", "fused"), [("32-true", True), ("bf16-mixed", True), ("16-mixed", False)]
+)
+def test_only_a_gradient_scaler_keeps_the_unfused_adamw(precision: str, fused: bool) -> None:
+    """A fused step unscales the gradients itself, after clipping: so only where no scaler is there."""
     model = SegmenterModule(channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
-    model.trainer = Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+    model.trainer = _trainer(precision)
     assert bool(model.configure_optimizers()["optimizer"].defaults["fused"]) is fused
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "expected"),
+    [("norm", [[0.6, 0.0], [0.0, 0.8]]), ("value", [[0.5, 0.0], [0.0, 0.5]])],
+)
+def test_fused_adamw_under_bf16_mixed_is_clipped_by_hand(algorithm: str, expected: list[list[float]]) -> None:
+    """Gradients (3, 0) and (0, 4): norm 5 clipped to 1 scales them by 1/5; value 0.5 clamps each entry."""
+    model = SegmenterModule(channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+    model.trainer = _trainer("bf16-mixed")
+    params = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
+    optimizer = adamw(model, params)
+    params[0].grad, params[1].grad = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])
+    clip_val = 1.0 if algorithm == "norm" else 0.5
+    model.configure_gradient_clipping(optimizer, clip_val, algorithm)
+    torch.testing.assert_close([p.grad for p in params], [torch.tensor(row) for row in expected])
+
+
+class _Linear(FusedClipping, LightningModule):
+    """One linear layer with a large loss, so that every gradient norm is far above the clip value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+        self.norms: list[float] = []
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return 100.0 * self.layer(batch).square().mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = adamw(self, self.parameters())
+        optimizer.register_step_post_hook(lambda opt, *_: self.norms.append(_grad_norm(opt)))
+        return optimizer
+
+
+def _grad_norm(optimizer: torch.optim.Optimizer) -> float:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+def test_bf16_mixed_fit_clips_the_fused_adamws_gradients() -> None:
+    """A whole fit: Lightning alone refuses to clip the fused AdamW under bf16-mixed; the step sees 0.1."""
+    torch.manual_seed(0)
+    model = _Linear()
+    trainer = _trainer("bf16-mixed", max_steps=3, gradient_clip_val=0.1, enable_checkpointing=False)
+    trainer.fit(model, torch.utils.data.DataLoader(torch.randn(12, 4) + 5.0, batch_size=4))
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert len(model.norms) == 3
+    assert model.norms == pytest.approx([0.1] * 3, rel=1e-4)

@@ -46,7 +46,7 @@ from calid_lightning.models.diffusion import (
 )
 from calid_lightning.models.ema import EMA
 from calid_lightning.models.latent_cache import LatentCache, module_digest
-from calid_lightning.models.optimizers import adamw
+from calid_lightning.models.optimizers import FusedClipping, adamw
 from calid_lightning.models.schedules import check_lr_decay, stepwise_schedule
 from calid_lightning.models.vae import VAEModule
 
@@ -92,7 +92,7 @@ def inference_vae_hparams(hparams: Any) -> dict[str, Any]:
     return {**plain, "adv_weight": 0.0, "perceptual_weights": None}
 
 
-class LatentInterpolatorBase(NamedCheckpoint, LightningModule):
+class LatentInterpolatorBase(NamedCheckpoint, FusedClipping, LightningModule):
     """Latent diffusion interpolator for one missing item (a slice or a cine) between two known ones.
 
     Inference API (used by the whole-volume upsampler): ``encode``, ``decode``, ``interpolate`` (latents in,

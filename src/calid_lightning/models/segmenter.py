@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 from calid_lightning.data.subject import CLASS_KEYS, NUM_CLASSES
 from calid_lightning.metrics.dice import dice_per_class
 from calid_lightning.models.checkpoints import NamedCheckpoint
-from calid_lightning.models.optimizers import adamw
+from calid_lightning.models.optimizers import FusedClipping, adamw
 from calid_lightning.models.schedules import check_lr_decay, stepwise_schedule
 
 
@@ -39,7 +39,7 @@ def _batch(batch: Any) -> tuple[Tensor, Tensor]:
     )
 
 
-class SegmenterModule(NamedCheckpoint, LightningModule):
+class SegmenterModule(NamedCheckpoint, FusedClipping, LightningModule):
     """A 2D U-Net over single slices, trained with Dice + cross-entropy (MONAI ``DiceCELoss``) and AdamW.
 
     Args:

@@ -30,7 +30,7 @@ from calid_lightning.errors import DataError
 from calid_lightning.models.attention import float32_attention
 from calid_lightning.models.checkpoints import NamedCheckpoint
 from calid_lightning.models.losses import build_perceptual_loss, kl_divergence
-from calid_lightning.models.optimizers import adamw
+from calid_lightning.models.optimizers import adamw, clip_gradients
 from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
 
 RECON_LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
@@ -343,9 +343,7 @@ class VAEModule(NamedCheckpoint, LightningModule):
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         """Manual optimisation: clip here, after the precision plugin unscaled the gradients (16-mixed)."""
         if not self.automatic_optimization and self.hparams.grad_clip_norm:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm"
-            )
+            clip_gradients(self, optimizer, self.hparams.grad_clip_norm, "norm")
 
     def _log_train(self, parts: dict[str, Tensor], batch_size: int) -> None:
         self.log_dict(
@@ -363,11 +361,8 @@ class VAEModule(NamedCheckpoint, LightningModule):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Automatic optimization: the trainer's clip value, else ``grad_clip_norm``."""
-        self.clip_gradients(
-            optimizer,
-            gradient_clip_val=gradient_clip_val or self.hparams.grad_clip_norm,
-            gradient_clip_algorithm=gradient_clip_algorithm or "norm",
-        )
+        clip_val = gradient_clip_val or self.hparams.grad_clip_norm
+        clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm or "norm")
 
     def _generator_steps(self, max_steps: int) -> int:
         """Autoencoder optimizer steps in a run of ``max_steps`` global steps: with a discriminator every
