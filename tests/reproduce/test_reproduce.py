@@ -298,6 +298,12 @@ def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.Mon
     assert argv[argv.index("--checkpoint") + 1] == str(last_checkpoint(tmp_path / "runs" / "calid_concat"))
     assert argv[argv.index("--methods") + 1] == "calid_mean,calid"
     assert stages["eval_concat_x4"].outputs == (tmp_path / "results" / "eval" / "concat_x4.csv",)
+    # The DDIM-steps rows are segmented too: does a sample nearer the mean (fewer steps) segment better?
+    for count in profile.evaluate["steps_ablation"]["steps"]:
+        argv = stages[f"eval_steps{count}_x4"].argv
+        assert argv[argv.index("--steps") + 1] == str(count)
+        assert argv[argv.index("--segmenter") + 1] == str(last_checkpoint(tmp_path / "runs" / "segmenter"))
+        assert set(stages[f"eval_steps{count}_x4"].needs) == {"calid_spatial", "segmenter"}
     topological_order(list(stages.values()))
 
 

@@ -228,9 +228,9 @@ def evaluation_stages(profile: Profile, run_root: Path, results: Path) -> list[S
     if ablation and "calid_spatial" in trained:
         factor = int(ablation.get("factor", 4))
         for count in ablation.get("steps", []):
-            models = ["--checkpoint", ckpt["calid_spatial"], "--steps", str(count)]
+            models = ["--checkpoint", ckpt["calid_spatial"], *seg, "--steps", str(count)]
             name = f"eval_steps{count}_x{factor}"
-            stages.append(evaluate(name, models, factor, "calid", frames, ("calid_spatial",)))
+            stages.append(evaluate(name, models, factor, "calid", frames, ("calid_spatial", *seg_needs)))
     concat = ev.get("injection_ablation") or {}
     if concat and "calid_concat" in trained:
         factor = int(concat.get("factor", 4))
