@@ -19,7 +19,7 @@ from calid_lightning.data.subject import LV_CAVITY, MYOCARDIUM, RV_CAVITY
 from calid_lightning.evaluation.evaluate_cli import SUBJECT_FIELDS
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
-    SEGMENTATION_FIELDS,
+    SLICE_SEGMENTATION_FIELDS,
     SUBJECT_SEGMENTATION_FIELDS,
     evaluate_run,
     shift_kept_slices,
@@ -110,11 +110,12 @@ def test_truth_with_an_exact_segmenter_is_perfect() -> None:
         "truth", build_method("truth"), prepared, KEPT, HELD, [0, 2], segmenter=IntensitySegmenter()
     )
     assert run.seconds == 0.0 and len(run.records) == len(HELD) * 2
-    assert all(tuple(r) == (*RECORD_FIELDS, *SEGMENTATION_FIELDS) for r in run.records)
+    assert all(tuple(r) == (*RECORD_FIELDS, *SLICE_SEGMENTATION_FIELDS) for r in run.records)
     assert all(math.isnan(r["psnr"]) and math.isnan(r["ssim_heart"]) for r in run.records)
     for record in run.records:
         present = {c for c in ("lv", "myo", "rv") if not math.isnan(record[f"dice_{c}"])}
         assert {"lv", "myo"} <= present and ("rv" in present) == (2 <= record["z"] <= 6)
+        assert {c for c in ("lv", "myo", "rv") if record[f"present_{c}"] == 1.0} == present
         assert all(record[f"dice_{c}"] == pytest.approx(1.0) and record[f"hd95_{c}"] == 0 for c in present)
     assert set(run.summary) == set(SUBJECT_SEGMENTATION_FIELDS)
     assert run.summary["dice_mean"] == pytest.approx(1.0) and run.summary["hd95_mean"] == 0.0
@@ -171,7 +172,7 @@ def test_unlabelled_frames_and_missing_ed_es_give_nan() -> None:
         "linear", build_method("linear"), prepared, KEPT, HELD, [0, 1, 2], segmenter=IntensitySegmenter()
     )
     frame1 = [r for r in run.records if r["frame"] == 1]
-    assert frame1 and all(math.isnan(r[k]) for r in frame1 for k in SEGMENTATION_FIELDS)
+    assert frame1 and all(math.isnan(r[k]) for r in frame1 for k in SLICE_SEGMENTATION_FIELDS)
     assert all(0 <= r["dice_lv"] <= 1 for r in run.records if r["frame"] != 1)
     assert math.isfinite(run.summary["edv_error_ml"]), "ED and ES are evaluated and labelled"
 
@@ -212,7 +213,7 @@ def test_cli_segmenter_columns(
     assert evaluate(phantom_root, out, *args) == 0
     printed = capsys.readouterr().out
     fields, rows = read_csv(out)
-    assert fields == [*RECORD_FIELDS, *SEGMENTATION_FIELDS]
+    assert fields == [*RECORD_FIELDS, *SLICE_SEGMENTATION_FIELDS]
     assert {r["method"] for r in rows} == {"truth", "linear"}
     for row in rows:
         dice = [float(row[f"dice_{c}"]) for c in ("lv", "myo", "rv")]
@@ -223,6 +224,11 @@ def test_cli_segmenter_columns(
     assert sub_fields == [*SUBJECT_FIELDS, *SUBJECT_SEGMENTATION_FIELDS]
     by_method = {r["method"]: r for r in subjects}
     assert float(by_method["truth"]["seconds_per_volume"]) == 0.0
+    for row in subjects:  # the subject's Dice / HD95: the mean over the slices whose truth holds the class
+        mine = [r for r in rows if (r["subject"], r["method"]) == (row["subject"], row["method"])]
+        for key in ("dice_myo", "hd95_lv"):
+            held = [float(r[key]) for r in mine if r[f"present_{key.split('_')[1]}"] == "1.0"]
+            assert float(row[key]) == pytest.approx(float(np.mean(held))), key
     for row in subjects:  # the phantom's test subject is evaluated at ED and ES: volumes exist
         assert all(math.isfinite(float(row[k])) for k in ("edv_error_ml", "esv_error_ml", "abs_ef_error"))
         assert float(row["abs_ef_error"]) == pytest.approx(abs(float(row["ef_error"])))

@@ -14,8 +14,9 @@ CaLID checkpoint are skipped, with a message, when ``--checkpoint`` is not given
 diffusion interpolator) likewise without ``--pixel-checkpoint``.
 
 With ``--segmenter CKPT`` (a trained ``SegmenterModule``) every method's reconstructed slices are also
-segmented and scored against the true labels: the per-slice CSV gains ``dice_<c>`` / ``hd95_<c>`` (mm) for
-``c`` in lv, myo, rv, the per-subject CSV their means over the slices whose truth holds the class plus
+segmented and scored against the true labels: the per-slice CSV gains ``dice_<c>`` / ``hd95_<c>`` (mm) and
+``present_<c>`` (1 where the true label holds the class) for ``c`` in lv, myo, rv, the per-subject CSV the
+means of the first two over the slices whose truth holds the class plus
 ``dice_mean`` / ``hd95_mean``, and the LV volume errors ``edv_error_ml``, ``esv_error_ml``, ``ef_error``
 (signed, prediction - truth) and ``abs_ef_error`` of the reconstructed stack (NaN unless the frames include
 ED and ES). The method ``truth`` (the true held-out slices: the segmenter's ceiling; NaN image metrics,
@@ -41,7 +42,7 @@ from calid_lightning.data.datamodule import CardiacDataModule
 from calid_lightning.data.subject import DataError
 from calid_lightning.evaluation.heldout import (
     RECORD_FIELDS,
-    SEGMENTATION_FIELDS,
+    SLICE_SEGMENTATION_FIELDS,
     SUBJECT_SEGMENTATION_FIELDS,
     evaluate_run,
     select_frames,
@@ -160,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calid evaluate: error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)
-    seg_records, seg_subjects = (SEGMENTATION_FIELDS, SUBJECT_SEGMENTATION_FIELDS) if segmenter else ((), ())
+    seg_records, seg_subjects = (
+        (SLICE_SEGMENTATION_FIELDS, SUBJECT_SEGMENTATION_FIELDS) if segmenter else ((), ())
+    )
     write_csv(out, (*RECORD_FIELDS, *seg_records), records)
     write_csv(subjects_path(out), (*SUBJECT_FIELDS, *seg_subjects), rows)
     print(f"wrote {out} ({len(records)} slices) and {subjects_path(out)} ({len(rows)} subject runs)")

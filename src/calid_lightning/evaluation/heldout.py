@@ -41,6 +41,11 @@ from calid_lightning.inference.upsample import EngineUpsampler
 
 RECORD_FIELDS = ("subject", "method", "factor", "frame", "z", *METRICS)
 SEGMENTATION_FIELDS = tuple(f"{m}_{c}" for m in ("dice", "hd95") for c in CLASS_KEYS.values())
+PRESENCE_FIELDS = tuple(f"present_{c}" for c in CLASS_KEYS.values())
+"""Per slice 1 where the true label holds the class, else 0 (NaN in unlabelled frames): the slices the
+per-subject Dice and HD95 average over. A slice where only the prediction holds the class scores Dice 0 in the
+per-slice CSV but is not one of them."""
+SLICE_SEGMENTATION_FIELDS = (*SEGMENTATION_FIELDS, *PRESENCE_FIELDS)
 VOLUME_FIELDS = ("edv_error_ml", "esv_error_ml", "ef_error", "abs_ef_error")
 SUBJECT_SEGMENTATION_FIELDS = (
     *(f"dice_{c}" for c in CLASS_KEYS.values()),
@@ -159,7 +164,7 @@ def evaluate_run(
     """Reconstruct the held-out slices of ``prepared`` at ``frames`` from the kept slices and score them.
 
     The :class:`MethodRun` holds one record per held-out slice and frame (fields :data:`RECORD_FIELDS`,
-    plus :data:`SEGMENTATION_FIELDS` with a ``segmenter``), the seconds the upsampler took for the whole
+    plus :data:`SLICE_SEGMENTATION_FIELDS` with a ``segmenter``), the seconds the upsampler took for the whole
     stack (all frames at once; VAE encode / decode included) and the per-subject segmentation summary.
 
     For :class:`TrueSlices` the "reconstruction" is the true slices: image metrics are NaN (they would
@@ -231,7 +236,7 @@ def segment_reconstruction(
     NaN; the volumes need the subject's ED and ES frames among ``frames`` and labelled, else they are NaN.
     """
     n_held, n_frames, _, height, width = generated.shape
-    per_slice = {key: np.full(n_held * n_frames, math.nan) for key in SEGMENTATION_FIELDS}
+    per_slice = {key: np.full(n_held * n_frames, math.nan) for key in SLICE_SEGMENTATION_FIELDS}
     summary = dict.fromkeys(SUBJECT_SEGMENTATION_FIELDS, math.nan)
     labelled = set(labelled_frames(prepared))
     scored = [i for i, f in enumerate(frames) if f in labelled]
@@ -246,7 +251,7 @@ def segment_reconstruction(
         prepared.spacing[:2],
     )
     mask = np.tile(np.isin(np.arange(n_frames), scored), n_held)
-    for key in SEGMENTATION_FIELDS:
+    for key in SLICE_SEGMENTATION_FIELDS:
         per_slice[key][mask] = metrics[key]
     aggregate = aggregate_segmentation(metrics)
     summary |= {key: aggregate[key] for key in SUBJECT_SEGMENTATION_FIELDS if key in aggregate}
