@@ -6,7 +6,10 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
+from calid_lightning.models.calid_inflated import CaLIDInflated
+from calid_lightning.models.calid_spatial import CaLIDSpatial
 from calid_lightning.models.optimizers import FusedClipping, adamw
+from calid_lightning.models.pixel_diffusion import PixelSpatial
 from calid_lightning.models.segmenter import SegmenterModule
 from calid_lightning.models.vae import VAEModule
 
@@ -52,16 +55,22 @@ def test_adamw_falls_back_where_no_fused_kernel() -> None:
     assert not adamw(LightningModule(), [on_meta]).defaults["fused"]
 
 
-@pytest.mark.parametrize(
-    "model",
-    [
-        lambda: SegmenterModule(channels=(8, 16, 32), strides=(2, 2), num_res_units=1),
-        lambda: VAEModule(channels=(8, 16, 16), latent_channels=2, norm_num_groups=8),
-    ],
-    ids=["segmenter", "vae"],
-)
+MODELS = [
+    lambda: SegmenterModule(channels=(8, 16, 32), strides=(2, 2), num_res_units=1),
+    lambda: VAEModule(channels=(8, 16, 16), latent_channels=2, norm_num_groups=8),
+]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=["segmenter", "vae"])
 def test_models_train_with_the_fused_adamw(model) -> None:
     assert model().configure_optimizers()["optimizer"].defaults["fused"] is True
+
+
+@pytest.mark.parametrize("cls", [CaLIDSpatial, CaLIDInflated, PixelSpatial, SegmenterModule])
+def test_every_clipped_model_clips_through_the_fused_path(cls: type) -> None:
+    """The denoisers train with ``gradient_clip_val`` in bf16-mixed, where Lightning's hook would raise."""
+    assert issubclass(cls, FusedClipping)
+    assert cls.configure_gradient_clipping is FusedClipping.configure_gradient_clipping
 
 
 def _trainer(precision: str, **kwargs) -> Trainer:
@@ -84,13 +93,16 @@ def test_only_a_gradient_scaler_keeps_the_unfused_adamw(precision: str, fused: b
     assert bool(model.configure_optimizers()["optimizer"].defaults["fused"]) is fused
 
 
+@pytest.mark.parametrize("model", MODELS, ids=["segmenter", "vae"])
 @pytest.mark.parametrize(
     ("algorithm", "expected"),
     [("norm", [[0.6, 0.0], [0.0, 0.8]]), ("value", [[0.5, 0.0], [0.0, 0.5]])],
 )
-def test_fused_adamw_under_bf16_mixed_is_clipped_by_hand(algorithm: str, expected: list[list[float]]) -> None:
+def test_fused_adamw_under_bf16_mixed_is_clipped_by_hand(
+    model, algorithm: str, expected: list[list[float]]
+) -> None:
     """Gradients (3, 0) and (0, 4): norm 5 clipped to 1 scales them by 1/5; value 0.5 clamps each entry."""
-    model = SegmenterModule(channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+    model = model()
     model.trainer = _trainer("bf16-mixed")
     params = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
     optimizer = adamw(model, params)
