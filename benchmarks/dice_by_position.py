@@ -43,23 +43,29 @@ def _holds(row: dict[str, str], label: str) -> bool:
     return float(row[f"present_{label}"]) == 1.0
 
 
+def banded(rows: Sequence[dict[str, str]], label: str) -> list[tuple[dict[str, str], str]]:
+    """The rows whose true label holds class ``label``, each with its band of the class's z extent in its
+    subject and frame (the presence is the truth's, so every method's rows give the same extent)."""
+    held = [row for row in rows if _holds(row, label)]
+    extent: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for row in held:
+        extent[(row["subject"], row["frame"])].append(int(row["z"]))
+    bands = []
+    for row in held:
+        zs = extent[(row["subject"], row["frame"])]
+        bands.append((row, band_of(int(row["z"]), min(zs), max(zs))))
+    return bands
+
+
 def band_scores(rows: Sequence[dict[str, str]], label: str) -> dict[str, dict[str, dict[str, float]]]:
     """method -> band -> subject -> the subject's mean Dice of class ``label`` over its slices in the band
     whose true label holds the class (the others count neither in the mean nor in the extent)."""
-    extent: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for row in rows:
-        if _holds(row, label):
-            extent[(row["subject"], row["frame"])].append(int(row["z"]))
     values: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
-    for row in rows:
-        if not _holds(row, label):
-            continue
-        value = float(row[f"dice_{label}"])
-        zs = extent[(row["subject"], row["frame"])]
-        for band in (band_of(int(row["z"]), min(zs), max(zs)), "all"):
-            values[row["method"]][band][row["subject"]].append(value)
+    for row, band in banded(rows, label):
+        for key in (band, "all"):
+            values[row["method"]][key][row["subject"]].append(float(row[f"dice_{label}"]))
     return {
         method: {
             band: {subject: float(np.mean(v)) for subject, v in subjects.items()}
@@ -96,15 +102,11 @@ def summary(scores: dict[str, dict[str, dict[str, float]]]) -> list[list[str]]:
 def slice_counts(rows: Sequence[dict[str, str]], label: str) -> dict[str, int]:
     """Slices per band (of one method: every method scores the same slices)."""
     first = rows[0]["method"]
-    mine = [r for r in rows if r["method"] == first and _holds(r, label)]
-    extent: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for row in mine:
-        extent[(row["subject"], row["frame"])].append(int(row["z"]))
     counts = dict.fromkeys(BANDS, 0)
-    for row in mine:
-        zs = extent[(row["subject"], row["frame"])]
-        counts[band_of(int(row["z"]), min(zs), max(zs))] += 1
-        counts["all"] += 1
+    for row, band in banded(rows, label):
+        if row["method"] == first:
+            counts[band] += 1
+            counts["all"] += 1
     return counts
 
 

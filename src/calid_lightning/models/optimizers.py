@@ -63,8 +63,7 @@ def clip_gradients(
     """Clip ``optimizer``'s gradients as ``module.clip_gradients`` does, also for a fused optimizer under
     mixed precision without a scaler (bf16-mixed), which Lightning refuses though there is nothing to unscale:
     there the gradients are clipped directly, by norm or by value, as Lightning's base precision would."""
-    plugin = module.trainer.precision_plugin
-    unscaled_mixed = isinstance(plugin, MixedPrecision) and plugin.scaler is None
+    unscaled_mixed = isinstance(module.trainer.precision_plugin, MixedPrecision) and not grad_scaled(module)
     if not (clip_val and unscaled_mixed and _optimizer_handles_unscaling(optimizer)):
         module.clip_gradients(optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=algorithm)
         return
