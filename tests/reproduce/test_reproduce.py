@@ -281,13 +281,13 @@ def test_quick_profile_plans_every_stage(tmp_path: Path, monkeypatch: pytest.Mon
         last_checkpoint(tmp_path / "runs" / "vae")
     )
     argv = stages["calid_spatial"].argv
-    assert argv[:3] == ("fit", "-c", "experiments/calid_spatial.yaml") and "--trainer.max_steps=1050" in argv
+    assert argv[:3] == ("fit", "-c", "experiments/calid_spatial.yaml") and "--trainer.max_steps=700" in argv
     assert stages["eval_spatial_x4"].outputs == (tmp_path / "results" / "eval" / "spatial_x4.csv",)
     # The injection ablation: calid_spatial's config and budget without tau_theta2, on the same VAE.
     assert set(stages["calid_concat"].needs) == {"data", "vae"}
     argv = stages["calid_concat"].argv
     assert argv[:3] == ("fit", "-c", "experiments/calid_spatial.yaml")
-    assert {"--trainer.max_steps=1050", "--model.init_args.injection=false"} <= set(argv)
+    assert {"--trainer.max_steps=700", "--model.init_args.injection=false"} <= set(argv)
     generated = yaml.safe_load((tmp_path / "runs" / "configs" / "calid_concat.yaml").read_text())
     assert generated["model"]["init_args"]["vae_checkpoint"] == str(
         last_checkpoint(tmp_path / "runs" / "vae")
