@@ -68,19 +68,32 @@ def sigterm_as_exit() -> Iterator[None]:
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends (delivered then), where the platform can block signals.
+    """SIGINT and SIGTERM arriving within the block are handled when it ends, by the handlers then in place.
 
     Around the creation of a temporary file: a signal between the file's creation and the moment its name is
-    known to the clean-up would leave it behind.
+    known to the clean-up would leave it behind. Python runs signal handlers in the main thread, wherever the
+    kernel delivered the signal, so the deferral swaps the handlers for one that only records (blocking the
+    signal in the main thread alone, as ``pthread_sigmask`` does, lets another thread take it and the handler
+    still runs inside the block). Outside the main thread no handler can interrupt the block: nothing to do.
     """
-    if not hasattr(signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    arrived: list[int] = []
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        arrived.append(signum)
+
+    # A handler installed outside Python (getsignal gives None) could not be put back: leave that one alone.
+    deferred = [signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) is not None]
+    previous = {signum: signal.signal(signum, record) for signum in deferred}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
 
 
 def _fsync_dir(folder: Path) -> None:

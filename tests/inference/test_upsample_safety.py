@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -149,6 +150,45 @@ def test_signal_as_the_temporary_file_is_created_leaves_no_partial(tmp_path: Pat
         atomic_write_text(tmp_path / "table.csv", "new")
     assert info.value.code == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+def test_signal_taken_by_another_thread_as_the_temporary_file_is_created_leaves_no_partial(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The same window, the signal delivered to another thread of the process (as the kernel may do when the
+    main thread blocks it, e.g. under torch's or a logger's threads): Python still runs the handler in the
+    main thread, so only a deferral of the handler itself keeps the name known to the clean-up."""
+    make_temp = tempfile.mkstemp
+
+    def mkstemp_then_signal_from_a_thread(*args, **kwargs):
+        made = make_temp(*args, **kwargs)
+        sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+        sender.start()
+        sender.join()
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_signal_from_a_thread)
+    with pytest.raises(SystemExit) as info:
+        atomic_write_text(tmp_path / "table.csv", "new")
+    assert info.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_keyboard_interrupt_within_the_deferral_arrives_after_it(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C as the temporary file is created: KeyboardInterrupt once the name is known; no partial."""
+    make_temp = tempfile.mkstemp
+
+    def mkstemp_then_interrupt(*args, **kwargs):
+        made = make_temp(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(tmp_path / "table.csv", "new")
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _default_sigint() -> None:
