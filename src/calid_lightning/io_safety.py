@@ -84,8 +84,9 @@ def _signals_deferred() -> Iterator[None]:
     def record(signum: int, frame: FrameType | None) -> None:
         arrived.append(signum)
 
-    # A handler installed outside Python (getsignal gives None) could not be put back: leave that one alone.
-    deferred = [signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) is not None]
+    # An ignored signal needs no deferral; a handler installed outside Python (None) could not be put back.
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    deferred = [signum for signum, handler in handlers.items() if handler not in (None, signal.SIG_IGN)]
     previous = {signum: signal.signal(signum, record) for signum in deferred}
     try:
         yield
