@@ -66,7 +66,7 @@ def test_models_train_with_the_fused_adamw(model) -> None:
     assert model().configure_optimizers()["optimizer"].defaults["fused"] is True
 
 
-@pytest.mark.parametrize("cls", [CaLIDSpatial, CaLIDInflated, PixelSpatial, SegmenterModule])
+@pytest.mark.parametrize("cls", [CaLIDSpatial, CaLIDInflated, PixelSpatial, SegmenterModule, VAEModule])
 def test_every_clipped_model_clips_through_the_fused_path(cls: type) -> None:
     """The denoisers train with ``gradient_clip_val`` in bf16-mixed, where Lightning's hook would raise."""
     assert issubclass(cls, FusedClipping)

@@ -84,5 +84,12 @@ class FusedClipping:
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Lightning's hook: clip with the trainer's settings."""
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # type: ignore[arg-type]
+        """Lightning's hook: clip with the settings :meth:`clipping_settings` gives."""
+        clip_val, algorithm = self.clipping_settings(gradient_clip_val, gradient_clip_algorithm)
+        clip_gradients(self, optimizer, clip_val, algorithm)  # type: ignore[arg-type]
+
+    def clipping_settings(
+        self, clip_val: float | None, algorithm: str | None
+    ) -> tuple[float | None, str | None]:
+        """(clip value, algorithm) the hook clips with: the trainer's; a model with a default overrides it."""
+        return clip_val, algorithm

@@ -30,7 +30,7 @@ from calid_lightning.errors import DataError
 from calid_lightning.models.attention import float32_attention
 from calid_lightning.models.checkpoints import NamedCheckpoint
 from calid_lightning.models.losses import build_perceptual_loss, kl_divergence
-from calid_lightning.models.optimizers import adamw, clip_gradients
+from calid_lightning.models.optimizers import FusedClipping, adamw, clip_gradients
 from calid_lightning.models.schedules import check_lr_decay, max_steps_of, warmup_decay_scheduler
 
 RECON_LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
@@ -96,7 +96,7 @@ class LatentScaleFactor(Callback):
         self._computed = True
 
 
-class VAEModule(NamedCheckpoint, LightningModule):
+class VAEModule(NamedCheckpoint, FusedClipping, LightningModule):
     """2D KL-autoencoder for single SAX slices in [0, 1]; encodes to *scaled* latents at 1/4 resolution.
 
     Args:
@@ -354,15 +354,11 @@ class VAEModule(NamedCheckpoint, LightningModule):
             batch_size=batch_size,
         )
 
-    def configure_gradient_clipping(
-        self,
-        optimizer: Any,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
+    def clipping_settings(
+        self, clip_val: float | None, algorithm: str | None
+    ) -> tuple[float | None, str | None]:
         """Automatic optimization: the trainer's clip value, else ``grad_clip_norm``."""
-        clip_val = gradient_clip_val or self.hparams.grad_clip_norm
-        clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm or "norm")
+        return clip_val or self.hparams.grad_clip_norm, algorithm or "norm"
 
     def _generator_steps(self, max_steps: int) -> int:
         """Autoencoder optimizer steps in a run of ``max_steps`` global steps: with a discriminator every
