@@ -85,9 +85,10 @@ def _signals_deferred() -> Iterator[None]:
         arrived.append(signum)
 
     # An ignored signal needs no deferral; a handler installed outside Python (None) could not be put back.
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    deferred = [signum for signum, handler in handlers.items() if handler not in (None, signal.SIG_IGN)]
-    previous = {signum: signal.signal(signum, record) for signum in deferred}
+    current = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: h for signum, h in current.items() if h not in (None, signal.SIG_IGN)}
+    for signum in previous:
+        signal.signal(signum, record)
     try:
         yield
     finally:
