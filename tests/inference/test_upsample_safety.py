@@ -170,9 +170,8 @@ def test_signal_as_the_temporary_file_is_created_leaves_no_partial(
         return made
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_signal)
-    previous_sigint = signal.signal(
-        signal.SIGINT, signal.default_int_handler
-    )  # a background run ignores SIGINT
+    # A background run (nohup, CI) ignores SIGINT: give it Python's Ctrl-C handler for this test.
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(raised) as info:
             atomic_write_text(tmp_path / "table.csv", "new")
