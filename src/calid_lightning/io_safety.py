@@ -85,8 +85,11 @@ def _signals_deferred() -> Iterator[None]:
         arrived.append(signum)
 
     # An ignored signal needs no deferral; a handler installed outside Python (None) could not be put back.
-    current = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    previous = {signum: h for signum, h in current.items() if h not in (None, signal.SIG_IGN)}
+    previous = {
+        signum: handler
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if (handler := signal.getsignal(signum)) not in (None, signal.SIG_IGN)
+    }
     for signum in previous:
         signal.signal(signum, record)
     try:
