@@ -166,6 +166,43 @@ def test_a_method_that_finds_nothing_scores_zero_and_loses_the_heldout_volume() 
     assert run.summary["abs_ef_error"] == pytest.approx(abs(run.summary["ef_error"]))
 
 
+class TruthWithBlob:
+    """The true held-out slices of frames ED and ES, with a 12-voxel RV-intensity blob in a corner of those
+    whose truth has no RV (z 1 and 7): a false positive on slices the per-slice Dice mean leaves out."""
+
+    def __init__(self, prepared: PreparedSubject) -> None:
+        images = prepared.image[HELD][:, [0, 2]].copy()
+        for i, z in enumerate(HELD):
+            if not (prepared.labels[z] == RV_CAVITY).any():
+                images[i, :, :3, :4] = INTENSITY[RV_CAVITY]
+        self.images = torch.from_numpy(images).unsqueeze(2)
+
+    def at(
+        self, stack: torch.Tensor, positions: Sequence[float], slice_spacing_mm: float | None = None
+    ) -> torch.Tensor:
+        return self.images
+
+
+def test_volume_dice_counts_the_false_positive_the_slice_mean_leaves_out() -> None:
+    prepared = heart_subject()
+    exact = evaluate_run(
+        "truth", build_method("truth"), prepared, KEPT, HELD, [0, 2], segmenter=IntensitySegmenter()
+    )
+    assert [exact.summary[f"dice3d_{c}"] for c in ("lv", "myo", "rv")] == pytest.approx([1.0, 1.0, 1.0])
+
+    run = evaluate_run(
+        "blob", TruthWithBlob(prepared), prepared, KEPT, HELD, [0, 2], segmenter=IntensitySegmenter()
+    )
+    assert run.summary["dice_rv"] == pytest.approx(1.0), "the per-slice mean skips the slices without RV"
+    true_rv = (prepared.labels[HELD, 0] == RV_CAVITY).sum()  # 4 slices x 36 voxels, the same in both frames
+    assert true_rv == 144
+    assert run.summary["dice3d_rv"] == pytest.approx(2 * true_rv / (2 * true_rv + 2 * 12))
+    assert run.summary["dice3d_lv"] == pytest.approx(1.0) and run.summary["dice3d_myo"] == pytest.approx(1.0)
+
+    blank = evaluate_run("blank", Blank(), prepared, KEPT, HELD, [0, 2], segmenter=IntensitySegmenter())
+    assert [blank.summary[f"dice3d_{c}"] for c in ("lv", "myo", "rv")] == [0.0, 0.0, 0.0]
+
+
 def test_unlabelled_frames_and_missing_ed_es_give_nan() -> None:
     prepared = heart_subject(dense=False, labelled=(0, 2))  # an ACDC-like stack: ED and ES labelled only
     run = evaluate_run(

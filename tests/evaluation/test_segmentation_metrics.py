@@ -12,6 +12,7 @@ from calid_lightning.evaluation.segmentation import (
     aggregate_segmentation,
     lv_volumes,
     segmentation_metrics,
+    volume_dice,
     volume_errors,
 )
 
@@ -156,3 +157,20 @@ def test_hd95_matches_a_reference_on_curved_shapes_with_anisotropic_spacing():
     assert metrics["dice_lv"][0] == pytest.approx(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
     transposed = segmentation_metrics(pred.transpose(0, 2, 1), truth.transpose(0, 2, 1), spacing[::-1])
     assert transposed["hd95_lv"][0] == pytest.approx(expected, rel=1e-5), "spacing follows the axes"
+
+
+def test_volume_dice_pools_voxels_and_counts_false_positives():
+    truth = np.zeros((3, 20, 20), np.int64)
+    pred = np.zeros_like(truth)
+    truth[0, 2:8, 2:8] = 1  # slice 0: 36 LV voxels, missed
+    pred[1, 2:8, 2:8] = 1  # slice 1: 36 false-positive LV voxels on a slice without LV
+    truth[2, 5:15, 5:15] = 1  # slice 2: 100 LV voxels found exactly
+    pred[2, 5:15, 5:15] = 1
+    assert aggregate_segmentation(segmentation_metrics(pred, truth, SPACING))["dice_lv"] == pytest.approx(0.5)
+    dice = volume_dice(pred, truth)
+    assert dice["dice3d_lv"] == pytest.approx(2 * 100 / (136 + 136))
+    assert math.isnan(dice["dice3d_myo"]) and math.isnan(dice["dice3d_rv"]), "absent in both stacks: NaN"
+    pred[1] = 0  # without the false positive: only the missed slice costs
+    assert volume_dice(torch.from_numpy(pred), truth)["dice3d_lv"] == pytest.approx(2 * 100 / (100 + 136))
+    with pytest.raises(ValueError, match="shapes differ"):
+        volume_dice(pred[:2], truth)

@@ -440,8 +440,10 @@ def test_table_pairs_each_method_with_linear_on_the_same_subjects(tmp_path: Path
     linear_psnr, calid_psnr = [18.0, 22.0, 26.0], [19.0, 22.0, 26.5]
     for s, (lin, cal) in enumerate(zip(linear_psnr, calid_psnr, strict=True)):
         common = {"subject": f"p{s}", "factor": 4, "seconds_per_volume": 1}
-        spatial.append(common | {"method": "linear", "psnr": lin, "dice_myo": 0.8, "hd95_mean": 5.0})
-        spatial.append(common | {"method": "calid", "psnr": cal, "dice_myo": 0.79, "hd95_mean": 4.0 + s})
+        linear = {"psnr": lin, "dice_myo": 0.8, "dice3d_myo": 0.7, "hd95_mean": 5.0}
+        spatial.append(common | {"method": "linear"} | linear)
+        calid = {"psnr": cal, "dice_myo": 0.79, "dice3d_myo": 0.72 - 0.01 * s, "hd95_mean": 4.0 + s}
+        spatial.append(common | {"method": "calid"} | calid)
         spatial.append(common | {"method": "truth", "psnr": "nan", "dice_myo": 0.9, "hd95_mean": 1.0})
         pixel.append(common | {"method": "pixel", "psnr": 30.0, "dice_myo": 0.7, "hd95_mean": 9.0})
     write_subjects(tmp_path / "eval" / "spatial_x4_subjects.csv", spatial)
@@ -452,6 +454,7 @@ def test_table_pairs_each_method_with_linear_on_the_same_subjects(tmp_path: Path
     assert calid["psnr_vs_linear"] == pytest.approx(0.5)  # (1 + 0 + 0.5) / 3
     assert (calid["psnr_better"], calid["psnr_pairs"]) == (2, 3)  # the tie on p1 is not a win
     assert calid["dice_myo_vs_linear"] == pytest.approx(-0.01) and calid["dice_myo_better"] == 0
+    assert calid["dice3d_myo_vs_linear"] == pytest.approx(0.01) and calid["dice3d_myo_better"] == 2
     assert calid["hd95_mean_vs_linear"] == pytest.approx(0.0) and calid["hd95_mean_better"] == 1  # 4 < 5
     pixel_row = next(r for r in csv_rows if r["method"] == "pixel")
     assert "psnr_vs_linear" not in pixel_row, "pixel is scored on other frames: never paired"
@@ -459,6 +462,7 @@ def test_table_pairs_each_method_with_linear_on_the_same_subjects(tmp_path: Path
     paired_part = text[text.index("Paired with linear in z") :]
     calid_line = next(line for line in paired_part.splitlines() if line.startswith("| CaLID, one sample |"))
     assert "+0.50 (2/3)" in calid_line and "-0.010 (0/3)" in calid_line and "+0.0 (1/3)" in calid_line
+    assert "+0.010 (2/3)" in calid_line, "the 3D Dice pairs like the per-slice one (0.72, 0.71, 0.70 vs 0.70)"
     assert "pixel" not in paired_part.lower()
 
 

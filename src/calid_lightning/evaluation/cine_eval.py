@@ -42,7 +42,7 @@ from calid_lightning.data.sampling import cine_frame_indices
 from calid_lightning.data.subject import DataError
 from calid_lightning.evaluation.heldout import heldout_positions, kept_spacing_mm, with_sampling
 from calid_lightning.evaluation.metrics import METRICS, heart_box, slice_heart_boxes, slice_metrics
-from calid_lightning.evaluation.records import subject_row, subjects_path, write_csv
+from calid_lightning.evaluation.records import nan_mean, subject_row, subjects_path, write_csv
 from calid_lightning.evaluation.table import summary_table
 from calid_lightning.evaluation.temporal import plot_methods_over_time, temporal_coherence_error
 from calid_lightning.inference.methods import (
@@ -182,8 +182,7 @@ def score_cines(
     for i in range(z):
         record = {}
         for metric in METRICS:
-            values = scores[metric][i * t : (i + 1) * t].numpy()
-            record[metric] = float("nan") if np.isnan(values).all() else float(np.nanmean(values))
+            record[metric] = nan_mean(scores[metric][i * t : (i + 1) * t].numpy())
         record["temporal_error"] = temporal_coherence_error(pred[i], truth[i], cyclic=True)
         records.append(record)
     return records

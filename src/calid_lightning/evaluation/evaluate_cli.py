@@ -16,11 +16,12 @@ diffusion interpolator) likewise without ``--pixel-checkpoint``.
 With ``--segmenter CKPT`` (a trained ``SegmenterModule``) every method's reconstructed slices are also
 segmented and scored against the true labels: the per-slice CSV gains ``dice_<c>`` / ``hd95_<c>`` (mm) and
 ``present_<c>`` (1 where the true label holds the class) for ``c`` in lv, myo, rv, the per-subject CSV the
-means of the first two over the slices whose truth holds the class plus
-``dice_mean`` / ``hd95_mean``, and the LV volume errors ``edv_error_ml``, ``esv_error_ml``, ``ef_error``
-(signed, prediction - truth) and ``abs_ef_error`` of the reconstructed stack (NaN unless the frames include
-ED and ES). The method ``truth`` (the true held-out slices: the segmenter's ceiling; NaN image metrics,
-0 seconds) needs ``--segmenter``. Without ``--segmenter`` these columns are absent from both CSVs.
+means of the first two over the slices whose truth holds the class plus ``dice_mean`` / ``hd95_mean``,
+``dice3d_<c>`` (each frame's held-out slices pooled into one stack, so a class found where the truth has none
+counts; mean over frames), and the LV volume errors ``edv_error_ml``, ``esv_error_ml``, ``ef_error`` (signed,
+prediction - truth) and ``abs_ef_error`` of the reconstructed stack (NaN unless the frames include ED and ES).
+The method ``truth`` (the true held-out slices: the segmenter's ceiling; NaN image metrics, 0 seconds) needs
+``--segmenter``. Without ``--segmenter`` these columns are absent from both CSVs.
 """
 
 from __future__ import annotations

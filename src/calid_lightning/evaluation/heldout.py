@@ -30,11 +30,13 @@ from calid_lightning.data.misregistration import MAX_SHIFT_MM, shift_in_plane
 from calid_lightning.data.preprocess import PreparedSubject
 from calid_lightning.data.sampling import stable_int
 from calid_lightning.evaluation.metrics import METRICS, slice_heart_boxes, slice_metrics
+from calid_lightning.evaluation.records import nan_mean
 from calid_lightning.evaluation.segmentation import (
     CLASS_KEYS,
     aggregate_segmentation,
     segmentation_metrics,
     stack_volume_errors,
+    volume_dice,
 )
 from calid_lightning.inference.methods import CodecCeiling, TrueSlices, Upsampler
 from calid_lightning.inference.upsample import EngineUpsampler
@@ -47,9 +49,13 @@ per-subject Dice and HD95 average over. A slice where only the prediction holds 
 per-slice CSV but is not one of them."""
 SLICE_SEGMENTATION_FIELDS = (*SEGMENTATION_FIELDS, *PRESENCE_FIELDS)
 VOLUME_FIELDS = ("edv_error_ml", "esv_error_ml", "ef_error", "abs_ef_error")
+VOLUME_DICE_FIELDS = tuple(f"dice3d_{c}" for c in CLASS_KEYS.values())
+"""Per subject, the Dice of the held-out slices of each scored frame pooled into one stack
+(:func:`~calid_lightning.evaluation.segmentation.volume_dice`), averaged over the frames."""
 SUBJECT_SEGMENTATION_FIELDS = (
     *(f"dice_{c}" for c in CLASS_KEYS.values()),
     "dice_mean",
+    *VOLUME_DICE_FIELDS,
     *(f"hd95_{c}" for c in CLASS_KEYS.values()),
     "hd95_mean",
     *VOLUME_FIELDS,
@@ -255,6 +261,8 @@ def segment_reconstruction(
         per_slice[key][mask] = metrics[key]
     aggregate = aggregate_segmentation(metrics)
     summary |= {key: aggregate[key] for key in SUBJECT_SEGMENTATION_FIELDS if key in aggregate}
+    per_frame = [volume_dice(predicted[:, i], true_held[:, k]) for k, i in enumerate(scored)]
+    summary |= {key: nan_mean([frame[key] for frame in per_frame]) for key in VOLUME_DICE_FIELDS}
 
     ed, es = prepared.ed_frame, prepared.es_frame
     if {ed, es} <= {frames[i] for i in scored}:

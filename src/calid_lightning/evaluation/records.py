@@ -16,6 +16,12 @@ import numpy as np
 from calid_lightning.io_safety import atomic_path
 
 
+def nan_mean(values: Sequence[float] | np.ndarray) -> float:
+    """The mean of the values that are not NaN; NaN (no warning) when every value is NaN or there are none."""
+    array = np.asarray(values, dtype=np.float64)
+    return float("nan") if np.isnan(array).all() else float(np.nanmean(array))
+
+
 def subject_row(
     records: Sequence[Mapping[str, Any]],
     keys: Sequence[str],
@@ -31,8 +37,7 @@ def subject_row(
     """
     row = {k: records[0][k] for k in keys} | {"slices": len(records)}
     for metric in metrics:
-        values = np.array([r[metric] for r in records], dtype=np.float64)
-        row[metric] = float("nan") if np.isnan(values).all() else float(np.nanmean(values))
+        row[metric] = nan_mean([r[metric] for r in records])
     return row | {"seconds_per_volume": seconds_per_volume} | dict(extra or {})
 
 

@@ -13,7 +13,9 @@ Empty classes, per slice and class (MONAI alone would give Dice 1 or NaN and HD9
   slice can hold: a finite worst case, so a missed structure never improves a mean).
 
 :func:`aggregate_segmentation` averages each class over the slices whose *truth* holds the class only; a
-false-positive blob on a slice without the class is not counted in the aggregate.
+false-positive blob on a slice without the class is not counted in the aggregate. :func:`volume_dice` is the
+other reading, the cardiac challenges' (ACDC, M&Ms): one Dice per class over a whole stack's voxels, where
+such a blob counts and a slice weighs by its voxels.
 """
 
 from __future__ import annotations
@@ -86,6 +88,21 @@ def segmentation_metrics(
             class_hd[both] = values[:, 0].numpy()
         out[f"dice_{key}"], out[f"hd95_{key}"], out[f"present_{key}"] = class_dice, class_hd, in_truth
     return out
+
+
+def volume_dice(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Dice per class of two label stacks ``(Z, H, W)`` with their voxels pooled: ``dice3d_<c>`` per class.
+
+    Every slice counts, including those whose truth lacks the class (a false positive there lowers the Dice)
+    and each in proportion to its voxels. NaN where neither stack holds the class. The slices are laid side
+    by side into one map for :func:`~calid_lightning.metrics.dice.dice_per_class`: Dice only counts voxels.
+    """
+    pred_t, truth_t = _as_labels(pred, "pred"), _as_labels(truth, "truth")
+    if pred_t.shape != truth_t.shape:
+        raise ValueError(f"pred {tuple(pred_t.shape)} and truth {tuple(truth_t.shape)} shapes differ")
+    width = truth_t.shape[-1]
+    dice = dice_per_class(pred_t.reshape(1, -1, width), truth_t.reshape(1, -1, width), NUM_CLASSES)[0]
+    return {f"dice3d_{key}": float(dice[label]) for label, key in CLASS_KEYS.items()}
 
 
 def aggregate_segmentation(per_slice: dict[str, np.ndarray]) -> dict[str, float]:

@@ -50,6 +50,7 @@ SLICE_COLUMNS = (
     Column("hf_ratio", "HF energy / truth", target=1.0),
     Column("dice_lv", "Dice LV", digits=3),
     Column("dice_myo", "Dice myo", digits=3),
+    Column("dice3d_myo", "Dice myo 3D", digits=3),
     Column("dice_rv", "Dice RV", digits=3),
     Column("hd95_mean", "HD95 mm", higher_is_better=False, digits=1),
     Column("abs_ef_error", "abs EF err pp", higher_is_better=False, digits=1),
@@ -69,7 +70,7 @@ CEILINGS = tuple(name for name, method in METHODS.items() if method.ceiling)
 REFERENCE = "linear"
 """The method every other one is paired with: image-space linear interpolation in z."""
 PAIRED_FIELDS = {
-    "slices": ("psnr", "ssim", "psnr_heart", "ssim_heart", "dice_myo", "hd95_mean"),
+    "slices": ("psnr", "ssim", "psnr_heart", "ssim_heart", "dice_myo", "dice3d_myo", "hd95_mean"),
     "cine": ("psnr", "ssim", "ssim_heart", "temporal_error"),
 }
 """The columns of each section's paired table."""
