@@ -94,8 +94,8 @@ def volume_dice(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tenso
     """Dice per class of two label stacks ``(Z, H, W)`` with their voxels pooled: ``dice3d_<c>`` per class.
 
     Every slice counts, including those whose truth lacks the class (a false positive there lowers the Dice)
-    and each in proportion to its voxels. NaN where neither stack holds the class. The slices are laid side
-    by side into one map for :func:`~calid_lightning.metrics.dice.dice_per_class`: Dice only counts voxels.
+    and each in proportion to its voxels. NaN where neither stack holds the class. The slices are stacked into
+    one tall map for :func:`~calid_lightning.metrics.dice.dice_per_class`: Dice only counts voxels.
     """
     pred_t, truth_t = _as_labels(pred, "pred"), _as_labels(truth, "truth")
     if pred_t.shape != truth_t.shape:
