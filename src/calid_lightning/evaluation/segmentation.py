@@ -45,6 +45,16 @@ def _as_labels(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     return labels
 
 
+def _label_pair(
+    pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pred`` and ``truth`` as checked label slices ``(N, H, W)`` of the same shape."""
+    pred_t, truth_t = _as_labels(pred, "pred"), _as_labels(truth, "truth")
+    if pred_t.shape != truth_t.shape:
+        raise ValueError(f"pred {tuple(pred_t.shape)} and truth {tuple(truth_t.shape)} shapes differ")
+    return pred_t, truth_t
+
+
 def segmentation_metrics(
     pred: np.ndarray | torch.Tensor,
     truth: np.ndarray | torch.Tensor,
@@ -60,9 +70,7 @@ def segmentation_metrics(
     Returns ``dice_<c>``, ``hd95_<c>`` (float ``(N,)``, NaN where the class is absent in both) and
     ``present_<c>`` (bool ``(N,)``: the truth holds the class) for ``c`` in ``lv``, ``myo``, ``rv``.
     """
-    pred_t, truth_t = _as_labels(pred, "pred"), _as_labels(truth, "truth")
-    if pred_t.shape != truth_t.shape:
-        raise ValueError(f"pred {tuple(pred_t.shape)} and truth {tuple(truth_t.shape)} shapes differ")
+    pred_t, truth_t = _label_pair(pred, truth)
     if len(spacing) != 2 or min(spacing) <= 0:
         raise ValueError(f"spacing must be (dx, dy) in mm, both > 0, got {tuple(spacing)}")
     spacing = (float(spacing[0]), float(spacing[1]))
@@ -97,9 +105,7 @@ def volume_dice(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tenso
     and each in proportion to its voxels. NaN where neither stack holds the class. The slices are stacked into
     one tall map for :func:`~calid_lightning.metrics.dice.dice_per_class`: Dice only counts voxels.
     """
-    pred_t, truth_t = _as_labels(pred, "pred"), _as_labels(truth, "truth")
-    if pred_t.shape != truth_t.shape:
-        raise ValueError(f"pred {tuple(pred_t.shape)} and truth {tuple(truth_t.shape)} shapes differ")
+    pred_t, truth_t = _label_pair(pred, truth)
     width = truth_t.shape[-1]
     dice = dice_per_class(pred_t.reshape(1, -1, width), truth_t.reshape(1, -1, width), NUM_CLASSES)[0]
     return {f"dice3d_{key}": float(dice[label]) for label, key in CLASS_KEYS.items()}
