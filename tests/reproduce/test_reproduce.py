@@ -440,10 +440,10 @@ def test_table_pairs_each_method_with_linear_on_the_same_subjects(tmp_path: Path
     linear_psnr, calid_psnr = [18.0, 22.0, 26.0], [19.0, 22.0, 26.5]
     for s, (lin, cal) in enumerate(zip(linear_psnr, calid_psnr, strict=True)):
         common = {"subject": f"p{s}", "factor": 4, "seconds_per_volume": 1}
-        linear = {"psnr": lin, "dice_myo": 0.8, "dice3d_myo": 0.7, "hd95_mean": 5.0}
-        spatial.append(common | {"method": "linear"} | linear)
-        calid = {"psnr": cal, "dice_myo": 0.79, "dice3d_myo": 0.72 - 0.01 * s, "hd95_mean": 4.0 + s}
-        spatial.append(common | {"method": "calid"} | calid)
+        linear_scores = {"psnr": lin, "dice_myo": 0.8, "dice3d_myo": 0.7, "hd95_mean": 5.0}
+        spatial.append(common | {"method": "linear"} | linear_scores)
+        calid_scores = {"psnr": cal, "dice_myo": 0.79, "dice3d_myo": 0.72 - 0.01 * s, "hd95_mean": 4.0 + s}
+        spatial.append(common | {"method": "calid"} | calid_scores)
         spatial.append(common | {"method": "truth", "psnr": "nan", "dice_myo": 0.9, "hd95_mean": 1.0})
         pixel.append(common | {"method": "pixel", "psnr": 30.0, "dice_myo": 0.7, "hd95_mean": 9.0})
     write_subjects(tmp_path / "eval" / "spatial_x4_subjects.csv", spatial)
