@@ -4,6 +4,8 @@
 # Each setting generates 8 fresh subjects (seed 1000) under OUT/data/SETTING and scores the held-out slices at x4
 # of the subjects the split leaves for test at the table's 5 DDIM steps (docs/ablations.md section 8 used 10); "id" is
 # the training distribution on the same new seeds.
+# Each setting prints its mean +- std table, then each method paired with linear per subject with a 95 % interval
+# (benchmarks/paired_comparison.py; pool the id setting with the table's test subjects there: its docstring).
 # breath_hold misregisters the kept slices of the id subjects (`calid evaluate --input-shift-mm 2`: each slice moved
 # in plane by N(0, 2 mm) per axis, as the phantom's breath-hold option moves its sparse file) against unmoved truth.
 set -euo pipefail
@@ -46,4 +48,6 @@ done
 for name in "${ORDER[@]}"; do
   echo "## $name ${SETTINGS[$name]}"
   sed -n '/^| method/,$p' "$OUT/$name.log"
+  echo
+  "$(dirname "$CALID")/python" benchmarks/paired_comparison.py "$OUT/${name}_subjects.csv" | sed 1,2d
 done

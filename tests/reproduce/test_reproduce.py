@@ -21,7 +21,7 @@ from calid_lightning.reproduce.stages import (
     training_overrides,
     training_stages,
 )
-from calid_lightning.reproduce.table import build_table, write_table
+from calid_lightning.reproduce.table import build_table, ci95_half_width, write_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -461,9 +461,20 @@ def test_table_pairs_each_method_with_linear_on_the_same_subjects(tmp_path: Path
     assert "psnr_vs_linear" not in next(r for r in csv_rows if r["method"] == "truth")
     paired_part = text[text.index("Paired with linear in z") :]
     calid_line = next(line for line in paired_part.splitlines() if line.startswith("| CaLID, one sample |"))
-    assert "+0.50 (2/3)" in calid_line and "-0.010 (0/3)" in calid_line and "+0.0 (1/3)" in calid_line
-    assert "+0.010 (2/3)" in calid_line, "the 3D Dice pairs like the per-slice one (0.72, 0.71, 0.70 vs 0.70)"
+    # 95 % intervals by hand: t(0.975, 2 df) = 4.3027; PSNR differences 1, 0, 0.5 (sd 0.5); HD95 -1, 0, 1
+    assert calid["psnr_ci95"] == pytest.approx(4.3027 * 0.5 / math.sqrt(3), rel=1e-4)
+    assert calid["dice_myo_ci95"] == pytest.approx(0.0), "the same difference on every subject: no spread"
+    assert "+0.50 ± 1.24 (2/3)" in calid_line and "-0.010 ± 0.000 (0/3)" in calid_line
+    assert "+0.0 ± 2.5 (1/3)" in calid_line
+    assert "+0.010 ± 0.025 (2/3)" in calid_line, "the 3D Dice pairs like the per-slice one (0.72, 0.71, 0.70)"
     assert "pixel" not in paired_part.lower()
+
+
+def test_ci95_half_width_is_the_student_t_interval() -> None:
+    """1..5: mean 3, sd sqrt(2.5), t(0.975, 4 df) = 2.7764 from a printed table; one value has no interval."""
+    assert ci95_half_width([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.7764 * math.sqrt(2.5 / 5), rel=1e-4)
+    assert ci95_half_width([2.0, 2.0]) == 0.0
+    assert math.isnan(ci95_half_width([1.5])) and math.isnan(ci95_half_width([]))
 
 
 def test_table_puts_the_injection_ablation_beside_the_full_model(tmp_path: Path) -> None:

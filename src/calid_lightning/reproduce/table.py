@@ -10,7 +10,9 @@ given) show ``-``.
 With 3 test subjects a mean +- std says little about whether one method beats another: the subjects differ
 far more from each other than the methods do. So each section that scores ``linear`` also gets a paired
 table (:func:`paired`): per method, the mean over subjects of ``method - linear`` on the same subject, same
-slices, and on how many subjects the method is the better of the two.
+slices, the half-width of its 95 % confidence interval (Student t over subjects: with 3 subjects a mean
+difference must be about 2.5 of its subjects' spread before the interval leaves zero), and on how many
+subjects the method is the better of the two.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+
+from scipy import stats
 
 from calid_lightning.evaluation.table import markdown_table, mean_std
 from calid_lightning.inference.methods import METHODS, split_variant, title_of, variant_name
@@ -136,15 +140,24 @@ def summarise(rows: Sequence[dict[str, str]], columns: Sequence[Column]) -> list
     return summaries
 
 
+def ci95_half_width(values: Sequence[float]) -> float:
+    """Half-width of the 95 % confidence interval of the mean of ``values`` (Student t, n - 1 degrees of
+    freedom): the interval is ``mean +- half-width``. NaN for fewer than two values."""
+    if len(values) < 2:
+        return math.nan
+    return float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+
+
 def paired(
     rows: Sequence[dict[str, str]], columns: Sequence[Column], reference: str = REFERENCE
 ) -> list[dict[str, object]]:
     """Per method, each column's paired difference with ``reference`` over the subjects both scored.
 
     ``<field>_vs_<reference>`` is the mean over subjects of ``method - reference`` on the same subject and
-    slices (rows of one ``pairing``); ``<field>_better`` counts the subjects where the method is better
-    (higher, or lower where ``higher_is_better`` is False; a tie is not better) and ``<field>_pairs`` the
-    subjects compared. Methods with no row beside a reference row are left out, as are the ceilings.
+    slices (rows of one ``pairing``), ``<field>_ci95`` the half-width of its 95 % confidence interval
+    (:func:`ci95_half_width`); ``<field>_better`` counts the subjects where the method is better (higher,
+    or lower where ``higher_is_better`` is False; a tie is not better) and ``<field>_pairs`` the subjects
+    compared. Methods with no row beside a reference row are left out, as are the ceilings.
     """
     ref = {(r["pairing"], r["subject"]): r for r in rows if r["method"] == reference}
     methods = sorted({r["method"] for r in rows} - {reference, *CEILINGS}, key=_rank)
@@ -160,6 +173,7 @@ def paired(
             diffs = [d for d in diffs if not math.isnan(d)]
             sign = 1 if column.higher_is_better else -1
             summary[f"{column.field}_vs_{reference}"] = statistics.fmean(diffs) if diffs else math.nan
+            summary[f"{column.field}_ci95"] = ci95_half_width(diffs)
             summary[f"{column.field}_better"] = sum(sign * d > 0 for d in diffs)
             summary[f"{column.field}_pairs"] = len(diffs)
         out.append(summary)
@@ -169,14 +183,18 @@ def paired(
 def paired_markdown(
     summaries: Sequence[dict[str, object]], columns: Sequence[Column], reference: str = REFERENCE
 ) -> str:
-    """A Markdown table of :func:`paired` output: ``+0.52 (3/3)`` = mean difference (subjects better)."""
+    """A Markdown table of :func:`paired` output: ``+0.52 ± 0.30 (3/3)`` = mean difference ± the half-width
+    of its 95 % confidence interval (subjects better); no ``±`` part for a single subject."""
     rows = []
     for summary in summaries:
         cells = []
         for column in columns:
             diff = float(summary[f"{column.field}_vs_{reference}"])
             better, pairs = summary[f"{column.field}_better"], summary[f"{column.field}_pairs"]
-            cells.append("-" if math.isnan(diff) else f"{diff:+.{column.digits}f} ({better}/{pairs})")
+            half = float(summary[f"{column.field}_ci95"])
+            interval = "" if math.isnan(half) else f" ± {half:.{column.digits}f}"
+            text = f"{diff:+.{column.digits}f}{interval} ({better}/{pairs})"
+            cells.append("-" if math.isnan(diff) else text)
         rows.append([title_of(str(summary["method"])), *cells])
     header = ["method", *(f"{c.header} - {reference}" for c in columns)]
     return markdown_table(header, rows, right=[False] + [True] * len(columns))
@@ -246,7 +264,8 @@ def build_table(eval_dir: Path, title: str, notes: Sequence[str] = ()) -> tuple[
         if pairs:
             parts += [
                 f"Paired with {title_of(REFERENCE)}: the mean over subjects of method - {REFERENCE} on the "
-                "same subject and slices, and (subjects where the method is better / subjects).",
+                "same subject and slices ± the half-width of its 95 % confidence interval (Student t over "
+                "subjects), and (subjects where the method is better / subjects).",
                 "",
                 paired_markdown(list(pairs.values()), paired_columns),
                 "",
