@@ -34,7 +34,7 @@ score() {
     --data-override "root=$root" --data-override phantom.seed=1000 --data-override phantom.subjects=8 \
     --data-override 'split=[0.0,0.0,1.0]' --data-override "cache_dir=$cache" "${extra[@]}" \
     --checkpoint "$RUNS/calid_spatial/checkpoints/last.ckpt" --segmenter "$RUNS/segmenter/checkpoints/last.ckpt" \
-    --methods calid_mean_detail,calid_mean,calid,lerp,linear,vae_truth,truth --factor 4 --steps 5 \
+    --methods calid_mean_detail,calid_detail,calid_mean,calid,lerp,linear,vae_truth,truth --factor 4 --steps 5 \
     --out "$OUT/$name.csv" > "$OUT/$name.log" 2>&1
   echo "done $name"
 }

@@ -100,8 +100,10 @@ def test_stack_volume_errors_by_counting() -> None:
     assert torch_errors == pytest.approx(errors)
     with pytest.raises(ValueError, match=r"must fill 1\.\.4 exactly once"):
         stack_volume_errors(kept_pred, held_pred[:1], kept, [2], truth, spacing, 0, 1)
-    with pytest.raises(ValueError, match="2 held-out slices, but 2 / 1"):
+    with pytest.raises(ValueError, match="labels for 2 kept / 2 held-out slices, but 2 / 1"):
         stack_volume_errors(kept_pred, held_pred, kept, [2], truth, spacing, 0, 1)
+    with pytest.raises(ValueError, match="labels for 1 kept / 2 held-out slices, but 2 / 2"):
+        stack_volume_errors(kept_pred[:1], held_pred, kept, heldout, truth, spacing, 0, 1)
 
 
 def test_truth_with_an_exact_segmenter_is_perfect() -> None:

@@ -1,6 +1,7 @@
 """Segmentation metrics against hand-computed values on tiny known masks, empty classes, LV volumes and EF."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -84,12 +85,22 @@ def test_empty_classes():
     for key in ("dice_myo", "hd95_myo", "dice_rv", "hd95_rv"):
         assert np.isnan(metrics[key]).all(), f"{key}: absent in both must be NaN"
 
-    summary = aggregate_segmentation(metrics)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a class no slice holds is NaN by rule, not the mean of nothing
+        summary = aggregate_segmentation(metrics)
     assert summary["dice_lv"] == pytest.approx(0.5), "the false-positive slice (no LV in truth) is ignored"
     assert summary["hd95_lv"] == pytest.approx(diagonal / 2)
     assert summary["slices_lv"] == 2 and summary["slices_rv"] == 0
     assert math.isnan(summary["dice_rv"]) and math.isnan(summary["hd95_myo"])
     assert summary["dice_mean"] == pytest.approx(0.5), "classes no truth slice holds are left out of the mean"
+
+
+def test_aggregate_reads_presence_as_a_mask_from_zeros_and_ones():
+    """``present_<c>`` read back from a CSV is 0/1, not bool: it must select slices, not index them."""
+    per_slice = {f"{m}_{k}": np.array([0.2, 0.9, 0.6]) for m in ("dice", "hd95") for k in ("lv", "myo", "rv")}
+    per_slice |= {f"present_{k}": [1, 0, 1] for k in ("lv", "myo", "rv")}
+    summary = aggregate_segmentation(per_slice)
+    assert summary["dice_lv"] == pytest.approx(0.4) and summary["slices_myo"] == 2
 
 
 def test_aggregate_over_concatenated_slices():
@@ -105,12 +116,28 @@ def test_bad_inputs_fail_clearly():
     pred, truth = squares((0, 0))
     with pytest.raises(ValueError, match="shapes differ"):
         segmentation_metrics(pred[:, :10], truth, SPACING)
-    with pytest.raises(ValueError, match=r"labels outside 0\.\.3"):
+    with pytest.raises(ValueError, match=r"^pred holds labels outside 0\.\.3: \[0, 5\]"):
         segmentation_metrics(pred * 5, truth, SPACING)
-    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
-        segmentation_metrics(pred[0], truth[0], SPACING)
+    with pytest.raises(ValueError, match=r"^truth holds labels outside 0\.\.3: \[0, 4\]"):
+        segmentation_metrics(pred, truth * 4, SPACING)  # 4 = NUM_CLASSES: the first label past the range
+    with pytest.raises(ValueError, match=r"^pred must be \(N, H, W\)"):
+        segmentation_metrics(pred[0], truth, SPACING)
+    with pytest.raises(ValueError, match=r"^truth must hold integer labels"):
+        segmentation_metrics(pred, truth + 0.5, SPACING)
     with pytest.raises(ValueError, match=r"spacing must be \(dx, dy\)"):
         segmentation_metrics(pred, truth, (1.0, 1.0, 8.0))
+    with pytest.raises(ValueError, match=r"spacing must be \(dx, dy\) in mm, both > 0"):
+        segmentation_metrics(pred, truth, (0.0, 1.0))
+
+
+def test_float_labels_holding_whole_numbers_score_as_integer_labels():
+    """Label maps read from NIfTI are often float: 0.0 .. 3.0 must score exactly as 0 .. 3."""
+    pred, truth = squares((2, 0), label=2)
+    as_int = segmentation_metrics(pred, truth, SPACING)
+    as_float = segmentation_metrics(pred.astype(np.float32), truth.astype(np.float64), SPACING)
+    for key in ("dice_myo", "hd95_myo"):
+        np.testing.assert_allclose(as_float[key], as_int[key])
+    assert as_float["dice_myo"][0] == pytest.approx(0.8)
 
 
 def test_lv_volumes_and_ejection_fraction_from_known_counts():
@@ -124,8 +151,18 @@ def test_lv_volumes_and_ejection_fraction_from_known_counts():
     assert edv == pytest.approx(120 * 30 / 1000) and esv == pytest.approx(50 * 30 / 1000)
     assert ef == pytest.approx(100 * (120 - 50) / 120)
     assert math.isnan(lv_volumes(np.zeros_like(labels), spacing, 0, 2)[2])
-    with pytest.raises(ValueError, match="es frame 3 is out of range"):
+    with pytest.raises(ValueError, match=r"es frame 3 is out of range 0\.\.2"):
         lv_volumes(labels, spacing, 0, 3)
+    with pytest.raises(ValueError, match=r"^ed frame -1 is out of range"):
+        lv_volumes(labels, spacing, -1, 2)
+    with pytest.raises(ValueError, match=r"\(dx, dy, dz\) in mm, all > 0, got \(1\.5, 2\.0\)"):
+        lv_volumes(labels, (1.5, 2.0), 0, 2)
+    with pytest.raises(ValueError, match=r"all > 0, got \(1\.5, 0\.0, 10\.0\)"):
+        lv_volumes(labels, (1.5, 0.0, 10.0), 0, 2)
+    with pytest.raises(ValueError, match=r"\(Z, T, H, W\), got shape \(3, 10, 10\)"):
+        lv_volumes(labels[0], spacing, 0, 2)
+    fine = lv_volumes(labels, (0.5, 1.0, 1.0), 0, 2)  # sub-millimetre pixels are valid
+    assert fine[0] == pytest.approx(120 * 0.5 / 1000)
 
     pred = labels.copy()
     pred[0, 0, :5, :6] = 0  # one ED slice missed: 30 voxels fewer
@@ -134,6 +171,15 @@ def test_lv_volumes_and_ejection_fraction_from_known_counts():
     assert errors["esv_error_ml"] == pytest.approx(0.0)
     assert errors["ef_error"] == pytest.approx(100 * 40 / 90 - 100 * 70 / 120)
     assert errors["true_edv_ml"] == pytest.approx(edv)
+    expected = {
+        "edv_ml": 90 * 30 / 1000,
+        "esv_ml": esv,
+        "ef_percent": 100 * 40 / 90,
+        "true_esv_ml": esv,
+        "true_ef_percent": ef,
+    }
+    for key, value in expected.items():
+        assert errors[key] == pytest.approx(value), key
 
 
 def reference_hd95_mm(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float]) -> float:
