@@ -24,6 +24,7 @@ from calid_lightning.reproduce.table import (
     REFERENCE,
     SLICE_COLUMNS,
     paired,
+    paired_caption,
     paired_markdown,
 )
 
@@ -61,10 +62,7 @@ def report(paths: Sequence[Path], pool: bool, reference: str = REFERENCE) -> str
             paired_markdown(paired(pooled, COLUMNS, reference), COLUMNS, reference),
             "",
         ]
-    parts.append(
-        f"method - {reference} per subject: mean ± half-width of its 95 % confidence interval (Student t), "
-        "(subjects where the method is better / subjects)."
-    )
+    parts.append(paired_caption(reference))
     return "\n".join(parts)
 
 

@@ -200,6 +200,15 @@ def paired_markdown(
     return markdown_table(header, rows, right=[False] + [True] * len(columns))
 
 
+def paired_caption(reference: str = REFERENCE) -> str:
+    """The sentence that reads a :func:`paired_markdown` table."""
+    return (
+        f"Paired with {title_of(reference)}: the mean over subjects of method - {reference} on the same "
+        "subject and slices ± the half-width of its 95 % confidence interval (Student t over subjects), and "
+        "(subjects where the method is better / subjects)."
+    )
+
+
 def _rank(method: str) -> tuple[int, int, str]:
     """Registry order; an ablation's variant (``"calid_mean, <variant>"``) right after its method."""
     base, variant = split_variant(method)
@@ -263,9 +272,7 @@ def build_table(eval_dir: Path, title: str, notes: Sequence[str] = ()) -> tuple[
             pairs = {p["method"]: p for p in paired(rows, paired_columns)}
         if pairs:
             parts += [
-                f"Paired with {title_of(REFERENCE)}: the mean over subjects of method - {REFERENCE} on the "
-                "same subject and slices ± the half-width of its 95 % confidence interval (Student t over "
-                "subjects), and (subjects where the method is better / subjects).",
+                paired_caption(),
                 "",
                 paired_markdown(list(pairs.values()), paired_columns),
                 "",
